@@ -1,0 +1,171 @@
+"""The streaming replication connection: slots, START_REPLICATION and the COPY_BOTH stream.
+
+psycopg 3 has no replication API, but its libpq layer (`conn.pgconn`) can drive COPY_BOTH; here
+that is done without blocking the event loop: libpq in non-blocking mode, and asyncio waits for the
+socket. Wire format: https://www.postgresql.org/docs/15/protocol-replication.html
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq
+
+from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US
+from lakeward.core.errors import ConnectionFailed, SourceSetupError
+from lakeward.core.events import lsn_to_str, str_to_lsn
+
+_XLOG = struct.Struct(">QQQ")
+_KEEPALIVE = struct.Struct(">QQB")
+_STATUS = struct.Struct(">cQQQqB")
+
+
+@dataclass(slots=True)
+class XLogData:
+    wal_start: int
+    wal_end: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Keepalive:
+    wal_end: int
+    reply_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    confirmed_flush_lsn: int
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSlot:
+    name: str
+    consistent_lsn: int
+    snapshot_name: str | None
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def get_slot(conn: psycopg.AsyncConnection, slot: str) -> SlotInfo | None:
+    row = await (await conn.execute(
+        "SELECT slot_name, confirmed_flush_lsn::text, active, plugin, database = current_database() "
+        "FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    )).fetchone()
+    if row is None:
+        return None
+    name, confirmed, active, plugin, same_db = row
+    if plugin != "pgoutput" or not same_db:
+        raise SourceSetupError(
+            f"replication slot {slot} exists but uses plugin {plugin} or another database; "
+            "drop it (SELECT pg_drop_replication_slot(...)) or set `slot:` to another name"
+        )
+    return SlotInfo(name, str_to_lsn(confirmed) if confirmed else 0, active)
+
+
+class ReplicationConnection:
+    """One `replication=database` connection: creates slots, then streams pgoutput."""
+
+    def __init__(self, conn: psycopg.AsyncConnection):
+        self.conn = conn
+        self.pg = conn.pgconn
+        self._readable: asyncio.Event | None = None
+        self.streaming = False
+
+    async def create_slot(self, slot: str, *, temporary: bool = False, export_snapshot: bool = True) -> CreatedSlot:
+        mode = "export" if export_snapshot else "nothing"
+        temp = " TEMPORARY" if temporary else ""
+        try:
+            cur = await self.conn.execute(f"CREATE_REPLICATION_SLOT {slot}{temp} LOGICAL pgoutput (SNAPSHOT '{mode}')")
+        except psycopg.errors.ConfigurationLimitExceeded as e:
+            raise SourceSetupError(f"cannot create replication slot {slot}: {e}; raise max_replication_slots or drop unused slots") from None
+        row = await cur.fetchone()
+        assert row is not None
+        return CreatedSlot(row[0], str_to_lsn(row[1]), row[2])
+
+    async def drop_slot(self, slot: str) -> None:
+        await self.conn.execute(f"DROP_REPLICATION_SLOT {slot} WAIT")
+
+    async def start(self, slot: str, lsn: int, publication: str) -> None:
+        options = f"proto_version '1', publication_names {quote_literal(publication)}"
+        self.pg.send_query(f"START_REPLICATION SLOT {slot} LOGICAL {lsn_to_str(lsn)} ({options})".encode())
+        self.pg.nonblocking = 1
+        await self._flush()
+        while True:
+            while self.pg.is_busy():
+                await self._wait_readable(None)
+                self.pg.consume_input()
+            res = self.pg.get_result()
+            if res is None:
+                raise ConnectionFailed("replication connection closed while starting the stream")
+            if res.status == pq.ExecStatus.COPY_BOTH:
+                self.streaming = True
+                return
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                msg = (res.error_message or b"").decode(errors="replace").strip()
+                if "is active for PID" in msg:
+                    raise SourceSetupError(f"slot {slot} is in use by another process ({msg}); is another source worker running?")
+                raise SourceSetupError(f"START_REPLICATION failed: {msg}")
+
+    async def _wait_readable(self, timeout: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = self.pg.socket
+        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+
+    async def _flush(self) -> None:
+        while self.pg.flush() == 1:
+            await asyncio.sleep(0.001)
+
+    async def read(self, timeout: float) -> XLogData | Keepalive | None:
+        """The next message of the stream, or None when nothing arrived within `timeout` seconds."""
+        while True:
+            n, data = self.pg.get_copy_data(1)
+            if n > 0:
+                buf = bytes(data)
+                if buf[0] == 119:  # 'w'
+                    start, end, _ = _XLOG.unpack_from(buf, 1)
+                    return XLogData(start, end, buf[25:])
+                if buf[0] == 107:  # 'k'
+                    end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
+                    return Keepalive(end, bool(reply))
+                continue
+            if n == 0:
+                if not await self._wait_readable(timeout):
+                    return None
+                self.pg.consume_input()
+                continue
+            res = self.pg.get_result()
+            msg = (res.error_message or b"").decode(errors="replace").strip() if res is not None else ""
+            self.streaming = False
+            raise ConnectionFailed(f"the replication stream ended: {msg or 'server closed the connection'}")
+
+    async def send_status(self, flushed_lsn: int, *, reply: bool = False) -> None:
+        """Standby status update: written/flushed/applied up to `flushed_lsn` (all the same for us)."""
+        now = int(time.time() * 1_000_000) - PG_EPOCH_US
+        self.pg.put_copy_data(_STATUS.pack(b"r", flushed_lsn, flushed_lsn, flushed_lsn, now, 1 if reply else 0))
+        await self._flush()
+
+    async def close(self) -> None:
+        try:
+            if self.streaming:
+                self.pg.put_copy_end()
+                await self._flush()
+        except psycopg.Error:
+            pass
+        await self.conn.close()

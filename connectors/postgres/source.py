@@ -1,0 +1,396 @@
+"""PostgreSQL source: snapshot consistent with a slot, then stream pgoutput into table topics.
+
+Exactly-once chain, source side: events are published with an idempotent producer (acks=all); an
+LSN is confirmed to PostgreSQL only after the broker acknowledged every event at or before it. After
+a crash PostgreSQL re-sends everything after the confirmed LSN; the repeats carry the same positions
+as before, and sinks drop them.
+
+Snapshot bookkeeping lives in the compacted topic `<prefix>.<source>.__state` so a fresh worker on
+another machine knows whether the slot's snapshot finished and which tables were snapshotted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from aiokafka import TopicPartition
+
+from lakeward.connectors.postgres import catalog, pgoutput
+from lakeward.connectors.postgres.config import PostgresSourceConfig
+from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
+from lakeward.connectors.postgres.replication import Keepalive, ReplicationConnection, XLogData, get_slot
+from lakeward.connectors.postgres.types import Converter
+from lakeward.core import broker as kafka
+from lakeward.core.config import BrokerConfig
+from lakeward.core.events import (
+    OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
+    TableSchema, lsn_to_str, str_to_lsn, table_topic,
+)
+from lakeward.core.source import Source
+
+log = logging.getLogger(__name__)
+
+TRUNCATE_KEY = b"{}"
+STATE_KEY = b"snapshot"
+VERSION = "0.1.0"
+
+
+@dataclass(slots=True)
+class _Table:
+    """What the hot path needs to turn one table's tuples into events."""
+
+    schema: TableSchema
+    topic: str
+    schema_id: bytes
+    names: list[str]
+    converters: list[Converter]
+    pk: list[str]
+    source_base: dict[str, Any]
+
+
+@dataclass
+class _SnapshotState:
+    slot: str
+    consistent_lsn: int
+    done: bool
+    tables: list[str] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"slot": self.slot, "consistent_lsn": lsn_to_str(self.consistent_lsn), "done": self.done, "tables": self.tables})
+
+
+class _NewTables(Exception):
+    """Raised inside the stream loop when tables matching the globs appeared."""
+
+
+class PostgresSource(Source):
+    config: PostgresSourceConfig
+
+    def __init__(self, config: PostgresSourceConfig, *, broker: BrokerConfig):
+        super().__init__(config, broker=broker)
+        self.prefix = broker.topic_prefix
+        self.state_topic = f"{self.prefix}.{config.name}.__state"
+        self._builder = catalog.SchemaBuilder(config.name)
+        self._relations: dict[int, _Table] = {}
+        self._confirmed = 0
+        self.events_published = 0
+        self._db = ""
+
+    # --- public contract ---------------------------------------------------------------------
+
+    async def check(self) -> None:
+        conn = await catalog.connect(self.config.dsn)
+        try:
+            await catalog.check_setup(conn, self.config.dsn)
+            await catalog.resolve_tables(conn, self.config.tables, self.config.dsn)
+        finally:
+            await conn.close()
+
+    async def status(self) -> dict[str, Any]:
+        conn = await catalog.connect(self.config.dsn)
+        try:
+            row = await (await conn.execute(
+                "SELECT confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, active "
+                "FROM pg_replication_slots WHERE slot_name = %s", (self.config.slot_name,)
+            )).fetchone()
+        finally:
+            await conn.close()
+        if row is None:
+            return {"source": self.config.name, "slot": self.config.slot_name, "exists": False}
+        return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],
+                "lag_bytes": row[1], "active": row[2]}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        self._meta = await catalog.connect(cfg.dsn)
+        try:
+            await catalog.check_setup(self._meta, cfg.dsn)
+            self._db = (await (await self._meta.execute("SELECT current_database()")).fetchone())[0]  # type: ignore[index]
+            producer = kafka.producer(self.broker)
+            await kafka.start_client(producer, self.broker)
+            try:
+                async with kafka.Admin(self.broker) as admin:
+                    self._producer, self._admin = producer, admin
+                    self._publisher = kafka.BatchPublisher(producer)
+                    self._schemas = kafka.SchemaPublisher(self.broker, cfg.name, producer, admin)
+                    await admin.ensure_topic(self.state_topic, compact=True)
+                    await self._run(stop)
+            finally:
+                await producer.stop()
+        finally:
+            await self._meta.close()
+
+    # --- orchestration -----------------------------------------------------------------------
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        tables = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
+        await catalog.sync_publication(self._meta, cfg.publication_name, tables)
+        state = await self._read_state()
+        slot = await get_slot(self._meta, cfg.slot_name)
+        if slot is not None and state is not None and state.done and state.slot == cfg.slot_name:
+            start_lsn = slot.confirmed_flush_lsn
+            log.info("source %s: resuming slot %s at %s", cfg.name, cfg.slot_name, lsn_to_str(start_lsn))
+        else:
+            start_lsn, state = await self._initial(slot is not None, tables)
+        while not stop.is_set():
+            pending = [t for t in tables if f"{t[0]}.{t[1]}" not in state.tables]
+            if pending:
+                await self._snapshot_new_tables(pending, state)
+            try:
+                await self._stream(start_lsn, stop)
+                return
+            except _NewTables:
+                tables = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
+                added = await catalog.sync_publication(self._meta, cfg.publication_name, tables)
+                log.info("source %s: new tables %s", cfg.name, ", ".join(f"{s}.{t}" for s, t in added))
+                start_lsn = self._confirmed
+
+    async def _initial(self, slot_exists: bool, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
+        """Create the slot (again, if a previous snapshot didn't finish) and snapshot the tables."""
+        cfg = self.config
+        repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
+        try:
+            if slot_exists:
+                log.warning("source %s: the snapshot of slot %s did not finish; dropping the slot and starting over", cfg.name, cfg.slot_name)
+                await repl.drop_slot(cfg.slot_name)
+            created = await repl.create_slot(cfg.slot_name, export_snapshot=cfg.snapshot == "initial")
+            state = _SnapshotState(cfg.slot_name, created.consistent_lsn, done=False)
+            await self._write_state(state)
+            if cfg.snapshot == "initial":
+                assert created.snapshot_name
+                await self._snapshot(created.snapshot_name, created.consistent_lsn, tables)
+        finally:
+            await repl.close()
+        await self._publisher.flush()
+        state.done, state.tables = True, [f"{s}.{t}" for s, t in tables]
+        await self._write_state(state)
+        self._confirmed = created.consistent_lsn
+        return created.consistent_lsn, state
+
+    async def _snapshot_new_tables(self, tables: list[tuple[str, str]], state: _SnapshotState) -> None:
+        """Snapshot tables that joined the publication while running, at a temporary slot's point.
+
+        Their snapshot events sort after every change the main slot streams from before that point,
+        so streaming resumes from the confirmed LSN without losing or doubling rows.
+        """
+        cfg = self.config
+        if cfg.snapshot == "initial":
+            repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
+            try:
+                temp = await repl.create_slot(f"{cfg.slot_name}_new_{int(time.time())}", temporary=True)
+                assert temp.snapshot_name
+                await self._snapshot(temp.snapshot_name, temp.consistent_lsn, tables)
+            finally:
+                await repl.close()
+            await self._publisher.flush()
+        state.tables = sorted(set(state.tables) | {f"{s}.{t}" for s, t in tables})
+        await self._write_state(state)
+
+    # --- state topic -------------------------------------------------------------------------
+
+    async def _write_state(self, state: _SnapshotState) -> None:
+        await (await self._producer.send(self.state_topic, key=STATE_KEY, value=state.to_json()))
+
+    async def _read_state(self) -> _SnapshotState | None:
+        consumer = kafka.consumer(self.broker, isolation_level="read_uncommitted")
+        await kafka.start_client(consumer, self.broker)
+        state = None
+        try:
+            tp = TopicPartition(self.state_topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                    for r in records:
+                        if r.key == STATE_KEY and r.value:
+                            d = orjson.loads(r.value)
+                            state = _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
+        finally:
+            await consumer.stop()
+        return state
+
+    # --- tables and events -------------------------------------------------------------------
+
+    async def _table(self, conn: psycopg.AsyncConnection, relid: int, schema: str, table: str, columns: list[tuple[str, int, int]]) -> _Table:
+        pk = await catalog.primary_key(conn, relid)
+        ts, converters = await self._builder.build(conn, schema, table, columns, pk)
+        sid = await self._schemas.publish(ts)
+        topic = table_topic(self.prefix, self.config.name, schema, table)
+        await self._admin.ensure_topic(topic)
+        base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
+        return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base)
+
+    def _old_row(self, t: _Table, values: list, full: bool) -> dict[str, Any]:
+        """The old row of an UPDATE/DELETE: whole (REPLICA IDENTITY FULL) or its key columns only."""
+        row = self._row(t, values)
+        return row if full or not t.pk else {k: row.get(k) for k in t.pk}
+
+    @staticmethod
+    def _row(t: _Table, values: list, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name, conv, v in zip(t.names, t.converters, values):
+            if v is None:
+                row[name] = None
+            elif v is UNCHANGED:
+                # An unchanged TOASTed value was not sent: leave the column out (never a placeholder),
+                # unless the old row (REPLICA IDENTITY FULL) carries it.
+                if base is not None and name in base:
+                    row[name] = base[name]
+            else:
+                row[name] = conv(v)
+        return row
+
+    def _key(self, t: _Table, row: dict[str, Any]) -> bytes:
+        return orjson.dumps({k: row.get(k) for k in t.pk} if t.pk else row)
+
+    def _emit(self, t: _Table, op: str, key: bytes, before: Any, after: Any, source: dict[str, Any], pos: bytes) -> None:
+        value = orjson.dumps({"before": before, "after": after, "source": source, "op": op, "ts_ms": int(time.time() * 1000)})
+        self._publisher.append(t.topic, key, value, [(POSITION_HEADER, pos), (SCHEMA_HEADER, t.schema_id)])
+        self.events_published += 1
+
+    # --- snapshot ----------------------------------------------------------------------------
+
+    async def _snapshot(self, snapshot_name: str, lsn: int, tables: list[tuple[str, str]]) -> None:
+        cfg = self.config
+        conn = await catalog.connect(cfg.dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
+                for schema, table in tables:
+                    await self._snapshot_table(conn, lsn, schema, table)
+        finally:
+            await conn.close()
+
+    async def _snapshot_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> None:
+        relid, columns = await catalog.table_columns(conn, schema, table)
+        t = await self._table(conn, relid, schema, table, columns)
+        ts_ms = int(time.time() * 1000)
+        source = {**t.source_base, "ts_ms": ts_ms, "snapshot": "true", "txId": None, "lsn": lsn}
+        # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
+        seq = 0
+        self._emit(t, OP_TRUNCATE, TRUNCATE_KEY, None, None, {**source, "snapshot": "first"}, Position.postgres(lsn, Position.SNAPSHOT, seq))
+        select = ", ".join(f"{psycopg.sql.Identifier(c[0]).as_string(None)}::text" for c in columns)
+        rel = f"{psycopg.sql.Identifier(schema).as_string(None)}.{psycopg.sql.Identifier(table).as_string(None)}"
+        started, rows = time.monotonic(), 0
+        async with conn.cursor(name=f"lakeward_snapshot_{relid}") as cur:
+            await cur.execute(f"SELECT {select} FROM {rel}")
+            while batch := await cur.fetchmany(self.config.snapshot_fetch_rows):
+                for values in batch:
+                    seq += 1
+                    row = self._row(t, list(values))
+                    self._emit(t, OP_READ, self._key(t, row), None, row, source, Position.postgres(lsn, Position.SNAPSHOT, seq))
+                rows += len(batch)
+                if self._publisher.has_full:
+                    await self._publisher.send_full()
+        log.info("source %s: snapshot of %s.%s: %d rows in %.1fs", self.config.name, schema, table, rows, time.monotonic() - started)
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    async def _stream(self, start_lsn: int, stop: asyncio.Event) -> None:
+        cfg = self.config
+        repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
+        self._relations.clear()
+        self._confirmed = max(self._confirmed, start_lsn)
+        try:
+            await repl.start(cfg.slot_name, start_lsn, cfg.publication_name)
+            log.info("source %s: streaming from %s", cfg.name, lsn_to_str(start_lsn))
+            safe_lsn = self._confirmed  # everything up to here was processed (not necessarily acked yet)
+            in_txn = False
+            now = time.monotonic()
+            last_status = last_refresh = last_data = now
+            txn_lsn = seq = xid = commit_ms = 0
+            while not stop.is_set():
+                msg = await repl.read(timeout=0.2)
+                if isinstance(msg, XLogData):
+                    m = pgoutput.decode(msg.payload)
+                    if isinstance(m, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
+                        seq = self._change(m, txn_lsn, seq, xid, commit_ms, msg.wal_start)
+                        if self._publisher.has_full:
+                            await self._publisher.send_full()
+                    elif isinstance(m, pgoutput.Begin):
+                        in_txn, txn_lsn, seq, xid = True, m.final_lsn, 0, m.xid
+                        commit_ms = (m.commit_ts_us + PG_EPOCH_US) // 1000
+                    elif isinstance(m, pgoutput.Commit):
+                        in_txn, safe_lsn = False, m.end_lsn
+                    elif isinstance(m, pgoutput.Relation):
+                        cols = [(c.name, c.type_oid, c.typmod) for c in m.columns]
+                        self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
+                    elif isinstance(m, pgoutput.Truncate):
+                        for relid in m.relids:
+                            seq += 1
+                            t = self._relations[relid]
+                            source = {**t.source_base, "ts_ms": commit_ms, "snapshot": "false", "txId": xid, "lsn": msg.wal_start}
+                            self._emit(t, OP_TRUNCATE, TRUNCATE_KEY, None, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+                    last_data = time.monotonic()
+                elif isinstance(msg, Keepalive):
+                    if not in_txn:
+                        safe_lsn = max(safe_lsn, msg.wal_end)
+                    if msg.reply_requested:
+                        await repl.send_status(self._confirmed)
+                now = time.monotonic()
+                if now - last_status >= cfg.status_interval_s:
+                    await self._confirm(repl, safe_lsn)
+                    last_status = now
+                if cfg.heartbeat_interval_s and now - last_data >= cfg.heartbeat_interval_s:
+                    await self._heartbeat()
+                    last_data = now
+                if now - last_refresh >= cfg.table_refresh_interval_s and not in_txn:
+                    last_refresh = now
+                    current = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
+                    known = await catalog.published_tables(self._meta, cfg.publication_name) or set()
+                    if any(t not in known for t in current):
+                        await self._confirm(repl, safe_lsn)
+                        raise _NewTables()
+            # Stopping: publish what was read and confirm whole transactions only.
+            await self._confirm(repl, safe_lsn)
+        finally:
+            await repl.close()
+
+    async def _confirm(self, repl: ReplicationConnection, safe_lsn: int) -> None:
+        """Wait for the broker to acknowledge everything read so far, then confirm it to PostgreSQL."""
+        await self._publisher.flush()
+        if safe_lsn > self._confirmed:
+            self._confirmed = safe_lsn
+        await repl.send_status(self._confirmed)
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._meta.execute("SELECT pg_logical_emit_message(false, 'lakeward_heartbeat', '')")
+        except psycopg.Error as e:
+            log.warning("source %s: heartbeat failed (%s); disabling heartbeats", self.config.name, str(e).strip())
+            self.config = self.config.model_copy(update={"heartbeat_interval_s": 0})
+
+    def _change(self, m: Any, txn_lsn: int, seq: int, xid: int, commit_ms: int, lsn: int) -> int:
+        t = self._relations[m.relid]
+        source = {**t.source_base, "ts_ms": commit_ms, "snapshot": "false", "txId": xid, "lsn": lsn}
+        if isinstance(m, pgoutput.Insert):
+            row = self._row(t, m.new)
+            seq += 1
+            self._emit(t, OP_CREATE, self._key(t, row), None, row, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+        elif isinstance(m, pgoutput.Update):
+            before = self._old_row(t, m.old, m.old_full) if m.old is not None else None
+            after = self._row(t, m.new, before)
+            if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
+                # A primary-key change is a delete of the old key and a create of the new one (as Debezium).
+                old_key = {k: before.get(k) for k in t.pk}
+                seq += 1
+                self._emit(t, OP_DELETE, orjson.dumps(old_key), before, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+                seq += 1
+                self._emit(t, OP_CREATE, self._key(t, after), None, after, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+            else:
+                seq += 1
+                self._emit(t, OP_UPDATE, self._key(t, after), before, after, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+        else:
+            before = self._old_row(t, m.old, m.old_full)
+            seq += 1
+            self._emit(t, OP_DELETE, self._key(t, before), before, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+        return seq

@@ -1,0 +1,211 @@
+"""Talking to the Kafka-protocol broker (Redpanda, Apache Kafka) through aiokafka.
+
+Small helpers shared by sources, sinks and the CLI: client settings from the config, topic
+creation, and the schema topic that carries each table's exact column types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from lakeward.core.config import BrokerConfig
+from lakeward.core.errors import ConnectionFailed
+from lakeward.core.events import TableSchema, schema_topic
+
+log = logging.getLogger(__name__)
+
+
+def client_kwargs(cfg: BrokerConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"bootstrap_servers": cfg.bootstrap_servers, "security_protocol": cfg.security_protocol}
+    if cfg.sasl_mechanism:
+        kw.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username, sasl_plain_password=cfg.sasl_password)
+    return kw
+
+
+def unreachable(cfg: BrokerConfig, exc: BaseException) -> ConnectionFailed:
+    return ConnectionFailed(
+        f"cannot reach the broker at {cfg.bootstrap_servers} ({exc.__class__.__name__}: {exc}); "
+        "check broker.bootstrap_servers and that the broker is running"
+    )
+
+
+def producer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all) before a send counts."""
+    kw = dict(
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=16 << 20,
+        compression_type="lz4",
+        request_timeout_ms=30000,
+    )
+    kw.update(overrides)
+    return AIOKafkaProducer(**client_kwargs(cfg), **kw)
+
+
+def consumer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaConsumer:
+    kw = dict(enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
+              max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    kw.update(overrides)
+    return AIOKafkaConsumer(**client_kwargs(cfg), **kw)
+
+
+async def start_client(client: Any, cfg: BrokerConfig) -> None:
+    try:
+        await client.start()
+    except (KafkaConnectionError, OSError) as e:
+        raise unreachable(cfg, e) from e
+
+
+class Admin:
+    """Creates topics once; remembers which exist so the hot path asks the broker only for new ones."""
+
+    def __init__(self, cfg: BrokerConfig):
+        self.cfg = cfg
+        self._client = AIOKafkaAdminClient(**client_kwargs(cfg))
+        self._known: set[str] = set()
+
+    async def __aenter__(self) -> Admin:
+        await start_client(self._client, self.cfg)
+        self._known = set(await self._client.list_topics())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._client.close()
+
+    async def ensure_topic(self, name: str, *, compact: bool | None = None) -> None:
+        if name in self._known:
+            return
+        policy = "compact" if compact else self.cfg.cleanup_policy if compact is None else "delete"
+        # One partition per table: a Delta table has a single writer and TRUNCATE must stay in order.
+        topic = NewTopic(name, num_partitions=1, replication_factor=self.cfg.replication_factor,
+                         topic_configs={"cleanup.policy": policy, "retention.ms": "-1", "max.message.bytes": str(16 << 20)})
+        try:
+            await self._client.create_topics([topic])
+            log.info("created topic %s (cleanup.policy=%s)", name, policy)
+        except TopicAlreadyExistsError:
+            pass
+        # Metadata for a new topic reaches every client a little later; wait until the producer sees it.
+        self._known.add(name)
+
+    async def topics(self) -> set[str]:
+        return set(await self._client.list_topics())
+
+    async def delete_topics(self, names: list[str]) -> None:
+        if names:
+            await self._client.delete_topics(names)
+            self._known.difference_update(names)
+
+
+class SchemaPublisher:
+    """Publishes each table schema once to `<prefix>.<source>.__schemas` (compacted, key = schema id)."""
+
+    def __init__(self, cfg: BrokerConfig, source: str, producer: AIOKafkaProducer, admin: Admin):
+        self.topic = schema_topic(cfg.topic_prefix, source)
+        self._producer = producer
+        self._admin = admin
+        self._published: set[str] = set()
+
+    async def publish(self, schema: TableSchema) -> str:
+        sid = schema.id
+        if sid not in self._published:
+            await self._admin.ensure_topic(self.topic, compact=True)
+            await (await self._producer.send(self.topic, value=schema.to_json(), key=sid.encode()))
+            self._published.add(sid)
+        return sid
+
+
+class SchemaReader:
+    """Reads schema topics into memory; reloads when an event names a schema it hasn't seen yet."""
+
+    def __init__(self, cfg: BrokerConfig):
+        self.cfg = cfg
+        self._schemas: dict[str, TableSchema] = {}
+
+    async def get(self, source: str, schema_id: str) -> TableSchema:
+        if schema_id not in self._schemas:
+            for _ in range(20):
+                await self._load(schema_topic(self.cfg.topic_prefix, source))
+                if schema_id in self._schemas:
+                    break
+                await asyncio.sleep(0.25)
+            else:
+                raise KeyError(schema_id)
+        return self._schemas[schema_id]
+
+    async def _load(self, topic: str) -> None:
+        c = consumer(self.cfg, isolation_level="read_uncommitted")
+        await start_client(c, self.cfg)
+        try:
+            tp = TopicPartition(topic, 0)
+            c.assign([tp])
+            await c.seek_to_beginning(tp)
+            end = (await c.end_offsets([tp]))[tp]
+            while await c.position(tp) < end:
+                for records in (await c.getmany(tp, timeout_ms=1000)).values():
+                    for r in records:
+                        self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
+        except KafkaError as e:
+            log.warning("reading schema topic %s failed: %s", topic, e)
+        finally:
+            await c.stop()
+
+
+class BatchPublisher:
+    """Appends events to per-topic record batches without a coroutine call per event.
+
+    `append` is synchronous and cheap (the hot path of a source); full batches are handed to the
+    producer by `send_full`, and `flush` sends the rest and waits until the broker acknowledged
+    (acks=all) every event appended so far — only then may a source confirm its position.
+    """
+
+    MAX_UNACKED_BATCHES = 64
+
+    def __init__(self, producer: AIOKafkaProducer):
+        self._producer = producer
+        self._open: dict[str, Any] = {}
+        self._full: list[tuple[str, Any]] = []
+        self._unacked: list[asyncio.Future] = []
+        self.appended = 0
+
+    def append(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        batch = self._open.get(topic)
+        if batch is None:
+            batch = self._open[topic] = self._producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            self._full.append((topic, batch))
+            batch = self._open[topic] = self._producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"event for topic {topic} is larger than the producer's max_batch_size")
+        self.appended += 1
+
+    @property
+    def has_full(self) -> bool:
+        return bool(self._full)
+
+    async def send_full(self) -> None:
+        full, self._full = self._full, []
+        for topic, batch in full:
+            self._unacked.append(await self._producer.send_batch(batch, topic, partition=0))
+        if len(self._unacked) > self.MAX_UNACKED_BATCHES:
+            # Bound memory: wait for the older half before reading more changes.
+            half = len(self._unacked) // 2
+            await asyncio.gather(*self._unacked[:half])
+            del self._unacked[:half]
+
+    async def flush(self) -> None:
+        """Send everything appended and wait for the broker's acknowledgement of all of it."""
+        for topic, batch in self._open.items():
+            if batch.record_count():
+                self._full.append((topic, batch))
+        self._open.clear()
+        await self.send_full()
+        unacked, self._unacked = self._unacked, []
+        await asyncio.gather(*unacked)

@@ -1,0 +1,73 @@
+"""Runs source and sink workers in one process: retries transient errors, stops on terminal ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from lakeward.core import registry
+from lakeward.core.config import LakewardConfig
+from lakeward.core.errors import LakewardError, TerminalError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+def build_workers(config: LakewardConfig, sources: list[str] | None, sinks: list[str] | None) -> list[Any]:
+    """The workers to run: the named ones, or every source and sink when neither is named."""
+    everything = not sources and not sinks
+    workers: list[Any] = []
+    for s in config.sources:
+        if everything or s.name in (sources or []):
+            workers.append(registry.source_class(s.type)(s, broker=config.broker))
+    for s in config.sinks:
+        if everything or s.name in (sinks or []):
+            workers.append(registry.sink_class(s.type)(s, broker=config.broker, lake=config.lake))
+    for name in sources or []:
+        config.source(name)  # raises ConfigError naming the unknown source
+    for name in sinks or []:
+        config.sink(name)
+    return workers
+
+
+async def _supervise(worker: Any, stop: asyncio.Event) -> None:
+    name = f"{type(worker).__name__}({worker.config.name})"
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            await worker.run(stop)
+            return
+        except TerminalError:
+            raise
+        except (LakewardError, OSError, ConnectionError) as e:
+            if isinstance(e, LakewardError) and not e.retriable:
+                raise
+            log.warning("%s: %s; retrying in %.0fs", name, e, backoff)
+        except Exception as e:  # noqa: BLE001 - a driver error we don't classify yet: retry, but say so
+            log.exception("%s failed (%s); retrying in %.0fs", name, e.__class__.__name__, backoff)
+        try:
+            await asyncio.wait_for(stop.wait(), backoff)
+        except asyncio.TimeoutError:
+            pass
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def run_workers(workers: list[Any], stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (drain, exit code 0) or a terminal error (exit code 1)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(_supervise(w, stop)) for w in workers]
+    code = 0
+    for fut in asyncio.as_completed(tasks):
+        try:
+            await fut
+        except TerminalError as e:
+            log.error("%s", e)
+            code = 1
+            stop.set()
+    return code

@@ -1,0 +1,117 @@
+"""Lake types: the small type vocabulary shared by every connector and sink.
+
+A connector maps each source column type to one lake type (the Delta Lake primitive types plus
+`array<T>`); the type travels with the events in the table schema, so the sink never guesses a type
+from a JSON value. This module also defines how a value of each lake type is written in the JSON
+envelope, and turns a column of such JSON values back into an Arrow array.
+
+JSON encoding per lake type:
+  boolean                      true / false
+  byte short integer long      JSON integers
+  float double                 JSON numbers; "NaN", "Infinity", "-Infinity" as strings
+  decimal(p,s)                 a string with the exact digits, e.g. "12.50"
+  string                       a string
+  binary                       base64 (as Debezium does)
+  date                         "2024-01-31"; "infinity" / "-infinity"
+  timestamp                    "2024-01-31 12:00:00.123456+00" (UTC); "infinity" / "-infinity"
+  timestamp_ntz                "2024-01-31 12:00:00.123456"; "infinity" / "-infinity"
+  array<T>                     a JSON array of T's encodings (null elements allowed)
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from functools import lru_cache
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeward.core.errors import SchemaChangeError
+
+PRIMITIVE: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "byte": pa.int8(),
+    "short": pa.int16(),
+    "integer": pa.int32(),
+    "long": pa.int64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "string": pa.large_string(),
+    "binary": pa.large_binary(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "timestamp_ntz": pa.timestamp("us"),
+}
+
+_DECIMAL = re.compile(r"^decimal\((\d+),\s*(-?\d+)\)$")
+_ARRAY = re.compile(r"^array<(.+)>$")
+
+# Delta (like Spark) cannot store infinite dates and timestamps: they become the extremes of the range.
+_INFINITY = {
+    "date": ("9999-12-31", "0001-01-01"),
+    "timestamp": ("9999-12-31 23:59:59.999999+00", "0001-01-01 00:00:00+00"),
+    "timestamp_ntz": ("9999-12-31 23:59:59.999999", "0001-01-01 00:00:00"),
+}
+
+
+@lru_cache(maxsize=None)
+def arrow_type(lake_type: str) -> pa.DataType:
+    """The Arrow type that stores `lake_type` in Delta."""
+    if lake_type in PRIMITIVE:
+        return PRIMITIVE[lake_type]
+    if m := _DECIMAL.match(lake_type):
+        return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    if m := _ARRAY.match(lake_type):
+        return pa.large_list(arrow_type(m.group(1)))
+    raise ValueError(f"unknown lake type {lake_type!r}")
+
+
+def same_storage(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two Arrow types store the same Delta type (Delta reads strings back as large or not)."""
+    norm = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary(), pa.string_view(): pa.large_string()}
+    if pa.types.is_list(a) or pa.types.is_large_list(a):
+        return (pa.types.is_list(b) or pa.types.is_large_list(b)) and same_storage(a.value_type, b.value_type)
+    return norm.get(a, a) == norm.get(b, b)
+
+
+def to_arrow(values: list, lake_type: str) -> pa.Array:
+    """Turn a column of JSON-decoded envelope values (None = null) into an Arrow array of the lake type."""
+    target = arrow_type(lake_type)
+    if lake_type in ("boolean", "byte", "short", "integer", "long", "string"):
+        return pa.array(values, type=target)
+    if lake_type in ("float", "double"):
+        return pa.array([float(v) if isinstance(v, str) else v for v in values], type=target)
+    if lake_type == "binary":
+        return pa.array([None if v is None else base64.b64decode(v) for v in values], type=target)
+    if lake_type in _INFINITY:
+        hi, lo = _INFINITY[lake_type]
+        fixed = [hi if v == "infinity" else lo if v == "-infinity" else v for v in values]
+        return pc.cast(pa.array(fixed, type=pa.string()), target)
+    if lake_type.startswith("decimal("):
+        return pc.cast(pa.array(values, type=pa.string()), target)
+    if m := _ARRAY.match(lake_type):
+        element = m.group(1)
+        offsets = [0]
+        flat: list = []
+        validity = []
+        for v in values:
+            if v is not None:
+                flat.extend(v)
+            validity.append(v is not None)
+            offsets.append(len(flat))
+        inner = to_arrow(flat, element)
+        mask = pa.array([not ok for ok in validity], type=pa.bool_())
+        return pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), inner, mask=mask)
+    raise ValueError(f"unknown lake type {lake_type!r}")
+
+
+def check_evolution(table: str, column: str, old: pa.DataType, new: pa.DataType) -> None:
+    """Raise SchemaChangeError if a column's type changed in a way the Delta table can't store."""
+    if same_storage(old, new):
+        return
+    raise SchemaChangeError(
+        f"table {table}: column {column!r} changed type from {old} to {new}, which the Delta table cannot "
+        f"store; stopped this table. Rebuild it (`lakeward replay --table {table} --from-beginning` after "
+        f"dropping the lake table) or add the column under a new name."
+    )
