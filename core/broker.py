@@ -141,21 +141,32 @@ class SchemaReader:
         return self._schemas[schema_id]
 
     async def _load(self, topic: str) -> None:
-        c = consumer(self.cfg, isolation_level="read_uncommitted")
-        await start_client(c, self.cfg)
         try:
-            tp = TopicPartition(topic, 0)
-            c.assign([tp])
-            await c.seek_to_beginning(tp)
-            end = (await c.end_offsets([tp]))[tp]
-            while await c.position(tp) < end:
-                for records in (await c.getmany(tp, timeout_ms=1000)).values():
-                    for r in records:
-                        self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
+            for r in await read_topic(self.cfg, topic):
+                self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
         except KafkaError as e:
             log.warning("reading schema topic %s failed: %s", topic, e)
-        finally:
-            await c.stop()
+
+
+async def read_topic(cfg: BrokerConfig, topic: str) -> list[Any]:
+    """Every record of partition 0 of a small topic (schemas, source state), up to its current end."""
+    c = consumer(cfg, isolation_level="read_uncommitted")
+    await start_client(c, cfg)
+    try:
+        if topic not in await c.topics():
+            return []
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        # Explicit offsets: aiokafka's seek_to_beginning() after end_offsets() resolved to the end.
+        start = (await c.beginning_offsets([tp]))[tp]
+        end = (await c.end_offsets([tp]))[tp]
+        c.seek(tp, start)
+        records: list[Any] = []
+        while await c.position(tp) < end:
+            records.extend((await c.getmany(tp, timeout_ms=1000)).get(tp, []))
+        return records
+    finally:
+        await c.stop()
 
 
 class BatchPublisher:

@@ -57,16 +57,17 @@ def quote_literal(text: str) -> str:
 
 async def get_slot(conn: psycopg.AsyncConnection, slot: str) -> SlotInfo | None:
     row = await (await conn.execute(
-        "SELECT slot_name, confirmed_flush_lsn::text, active, plugin, database = current_database() "
+        "SELECT slot_name, confirmed_flush_lsn::text, active, plugin, database, current_database() "
         "FROM pg_replication_slots WHERE slot_name = %s", (slot,)
     )).fetchone()
     if row is None:
         return None
-    name, confirmed, active, plugin, same_db = row
-    if plugin != "pgoutput" or not same_db:
+    name, confirmed, active, plugin, database, current = row
+    if plugin != "pgoutput" or database != current:
         raise SourceSetupError(
-            f"replication slot {slot} exists but uses plugin {plugin} or another database; "
-            "drop it (SELECT pg_drop_replication_slot(...)) or set `slot:` to another name"
+            f"replication slot {slot} already exists for database {database} with plugin {plugin}, and slot "
+            f"names are cluster-wide: set `slot:` of this source to another name (or drop the old slot with "
+            f"SELECT pg_drop_replication_slot('{slot}'))"
         )
     return SlotInfo(name, str_to_lsn(confirmed) if confirmed else 0, active)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import psycopg
-from aiokafka import TopicPartition
 
 from lakeward.connectors.postgres import catalog, pgoutput
 from lakeward.connectors.postgres.config import PostgresSourceConfig
@@ -199,22 +198,11 @@ class PostgresSource(Source):
         await (await self._producer.send(self.state_topic, key=STATE_KEY, value=state.to_json()))
 
     async def _read_state(self) -> _SnapshotState | None:
-        consumer = kafka.consumer(self.broker, isolation_level="read_uncommitted")
-        await kafka.start_client(consumer, self.broker)
         state = None
-        try:
-            tp = TopicPartition(self.state_topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                    for r in records:
-                        if r.key == STATE_KEY and r.value:
-                            d = orjson.loads(r.value)
-                            state = _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
-        finally:
-            await consumer.stop()
+        for r in await kafka.read_topic(self.broker, self.state_topic):
+            if r.key == STATE_KEY and r.value:
+                d = orjson.loads(r.value)
+                state = _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
         return state
 
     # --- tables and events -------------------------------------------------------------------

@@ -1,0 +1,60 @@
+# Lakeward developer entry points. Everything runs as root on Debian 12:
+#   make services   install (if missing) and start PostgreSQL 15 + Kafka on 127.0.0.1
+#   make test       services + venv, then the test suite
+# See deploy/local/services.sh for the service details and its environment knobs.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST := $(VENV)/bin/pytest
+VENV_STAMP := $(VENV)/.stamp
+SERVICES := deploy/local/services.sh
+
+# Lake directories written by the demo, tests and benchmarks (removed by `make clean`).
+LAKE_DIRS ?= lake .lake
+
+# Ports of the local services (services.sh reads the same variables), and the
+# endpoints the tests read; override any of them on the command line or in the env.
+LAKEWARD_PG_PORT ?= 5432
+LAKEWARD_KAFKA_PORT ?= 9092
+LAKEWARD_TEST_PG_DSN ?= postgresql://postgres@127.0.0.1:$(LAKEWARD_PG_PORT)/postgres
+LAKEWARD_TEST_BROKER ?= 127.0.0.1:$(LAKEWARD_KAFKA_PORT)
+export LAKEWARD_PG_PORT LAKEWARD_KAFKA_PORT LAKEWARD_TEST_PG_DSN LAKEWARD_TEST_BROKER
+
+PYTEST_ARGS ?=
+
+.PHONY: services services-stop services-status venv test demo bench clean
+
+services:
+	$(SERVICES) start
+
+services-stop:
+	$(SERVICES) stop
+
+services-status:
+	$(SERVICES) status
+
+venv: $(VENV_STAMP)
+
+# Re-installs only when pyproject.toml is newer than the stamp.
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PIP) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+test: services venv
+	$(PYTEST) -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+demo: services venv
+	$(PY) -m lakeward.core.demo
+
+bench: services venv
+	$(PY) benchmarks/pipeline.py
+
+clean:
+	rm -f $(VENV_STAMP)
+	rm -rf $(LAKE_DIRS)
