@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from lakeward.core.config import BrokerConfig
-from lakeward.core.errors import ConnectionFailed
+from lakeward.core.errors import ConnectionFailed, TransientError
 from lakeward.core.events import TableSchema, schema_topic
 
 log = logging.getLogger(__name__)
@@ -130,22 +130,25 @@ class SchemaReader:
         self._schemas: dict[str, TableSchema] = {}
 
     async def get(self, source: str, schema_id: str) -> TableSchema:
+        """The schema with this id; KeyError only after the whole schema topic was read without it,
+        TransientError when the topic could not be read."""
         if schema_id not in self._schemas:
+            topic = schema_topic(self.cfg.topic_prefix, source)
+            # A source publishes a schema before the first event that names it; reread a few times
+            # in case this reader's metadata lags behind.
             for _ in range(20):
-                await self._load(schema_topic(self.cfg.topic_prefix, source))
+                try:
+                    records = await read_topic(self.cfg, topic)
+                except KafkaError as e:
+                    raise TransientError(f"cannot read schema topic {topic} at {self.cfg.bootstrap_servers}: {e}") from e
+                for r in records:
+                    self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
                 if schema_id in self._schemas:
                     break
                 await asyncio.sleep(0.25)
             else:
                 raise KeyError(schema_id)
         return self._schemas[schema_id]
-
-    async def _load(self, topic: str) -> None:
-        try:
-            for r in await read_topic(self.cfg, topic):
-                self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
-        except KafkaError as e:
-            log.warning("reading schema topic %s failed: %s", topic, e)
 
 
 async def read_topic(cfg: BrokerConfig, topic: str) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -14,6 +15,16 @@ from lakeward.core.errors import LakewardError, TerminalError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+GC_THRESHOLD = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Workers hold hundreds of thousands of small dicts and tuples without reference cycles; with
+    CPython's default thresholds (700, 10, 10) the cyclic GC rescans them over and over and costs
+    about a third of a sink's CPU (measured). Collect less often; only ever raises the thresholds."""
+    t0, t1, t2 = gc.get_threshold()
+    if t0 and t0 < GC_THRESHOLD[0]:
+        gc.set_threshold(GC_THRESHOLD[0], max(t1, GC_THRESHOLD[1]), max(t2, GC_THRESHOLD[2]))
 
 
 def build_workers(config: LakewardConfig, sources: list[str] | None, sinks: list[str] | None) -> list[Any]:
@@ -58,6 +69,7 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
 async def run_workers(workers: list[Any], stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (drain, exit code 0) or a terminal error (exit code 1)."""
     stop = stop or asyncio.Event()
+    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

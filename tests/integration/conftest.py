@@ -61,7 +61,8 @@ def sql(dsn: str, *statements: str, params=None) -> None:
             conn.execute(s, params)
 
 
-def write_config(path: Path, *, dsn: str, prefix: str, lake: Path, mode: str = "mirror", tables: str = "public.*", extra_source: str = "", extra_sink: str = "") -> Path:
+def write_config(path: Path, *, dsn: str, prefix: str, lake: Path, mode: str = "mirror", tables: str = "public.*", extra_source: str = "", extra_sink: str = "",
+                 sink_name: str = "lake") -> Path:
     path.write_text(
         f"""\
 broker:
@@ -78,7 +79,7 @@ sources:
     status_interval_s: 0.2
     table_refresh_interval_s: 1
 {extra_source}sinks:
-  - name: lake
+  - name: {sink_name}
     type: delta
     sources: [shop]
     mode: {mode}

@@ -1,0 +1,281 @@
+"""Buffered events -> one Arrow table per flush.
+
+Hot path of the sink: everything here is per-row Python, so it is written as a few tight loops and
+list comprehensions over plain tuples and dicts, and the value columns are built once per flush with
+`lakeward.core.types.to_arrow` from the table schema's lake types (never from the JSON values).
+
+Mirror mode collapses the batch per primary key (last event wins; see `plan_mirror`), changelog
+mode keeps one row per event (`plan_changelog`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeward.core.errors import PoisonEventError
+from lakeward.core.events import OP_DELETE, OP_TRUNCATE, TableSchema
+from lakeward.core.types import to_arrow
+
+# Metadata columns written next to the data columns.
+META_OP = "_lakeward_op"
+META_POSITION = "_lakeward_position"
+META_COMMITTED_AT = "_lakeward_committed_at"
+META_OFFSET = "_lakeward_offset"
+META_TXID = "_lakeward_txid"
+META_UNCHANGED = "_lakeward_unchanged"
+
+# Helper columns of the MERGE source; never stored in the lake.
+DELETE_FLAG = "__lw_del"
+KEEP_PREFIX = "__lw_keep_"
+
+RESERVED_PREFIXES = ("_lakeward_", "__lw_")
+
+META_TYPES: dict[str, pa.DataType] = {
+    META_OP: pa.large_string(),
+    META_POSITION: pa.large_string(),
+    META_COMMITTED_AT: pa.timestamp("us", tz="UTC"),
+    META_OFFSET: pa.int64(),
+    META_TXID: pa.int64(),
+    META_UNCHANGED: pa.large_list(pa.large_string()),
+}
+
+# An event is a plain tuple (cheapest to build per message); these are its fields.
+OFF, POS, OP, BEFORE, AFTER, TS, TXID, KEY, INFO = range(9)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SchemaInfo:
+    """A table schema plus what the hot path looks up per event."""
+
+    schema: TableSchema
+    names: tuple[str, ...]
+    colset: frozenset[str]
+    pk: tuple[str, ...]
+    lake_types: dict[str, str]
+
+    @classmethod
+    def of(cls, schema: TableSchema) -> SchemaInfo:
+        names = tuple(c.name for c in schema.columns)
+        return cls(schema, names, frozenset(names), tuple(schema.primary_key), {c.name: c.lake_type for c in schema.columns})
+
+
+@dataclass(slots=True)
+class Catalog:
+    """The lake table's data columns: the union of the Delta schema and every table schema seen.
+
+    `lake` holds the lake type of each column a table schema named (the newest one wins, which
+    `check_evolution` guarantees stores the same way); `arrow` the Arrow type of every column,
+    including columns only the Delta table still has (dropped at the source: null in new rows).
+    """
+
+    arrow: dict[str, pa.DataType] = field(default_factory=dict)
+    lake: dict[str, str] = field(default_factory=dict)
+
+    def column(self, name: str, values: list, n: int) -> pa.Array:
+        lake_type = self.lake.get(name)
+        if lake_type is None:
+            return pa.nulls(n, self.arrow[name])
+        return to_arrow(values, lake_type)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one flush writes.
+
+    kind: `merge` (mirror, by primary key), `overwrite` (mirror, the batch holds a truncate: the
+    table becomes exactly `data`), `append` (changelog), `none` (nothing to write: only duplicates).
+    For a merge, `data` carries the helper columns DELETE_FLAG and KEEP_PREFIX<col>; `plain()`
+    is the same rows as a table to insert into an empty or new table.
+    """
+
+    kind: str
+    data: pa.Table | None
+    pk: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+    events: int = 0
+
+    def plain(self) -> pa.Table:
+        assert self.data is not None
+        t = self.data
+        if DELETE_FLAG in t.column_names:
+            t = t.filter(pc.invert(t.column(DELETE_FLAG)))
+        return t.drop_columns([n for n in t.column_names if n.startswith("__lw_")])
+
+
+def _poison(topic: str, partition: int, offset: int, what: str) -> PoisonEventError:
+    e = PoisonEventError(f"topic {topic} partition {partition} offset {offset}: {what}; stopped this table "
+                         f"(fix the event or the source, then replay the table)")
+    e.offset = offset  # type: ignore[attr-defined]
+    return e
+
+
+def _columns(catalog: Catalog, rows: list[dict[str, Any]], evs: list[tuple], topic: str, partition: int) -> dict[str, pa.Array]:
+    n = len(rows)
+    out: dict[str, pa.Array] = {}
+    for name in catalog.arrow:
+        values = [r.get(name) for r in rows]
+        try:
+            out[name] = catalog.column(name, values, n)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+            raise _bad_value(catalog, name, values, evs, topic, partition, e) from None
+    return out
+
+
+def _bad_value(catalog: Catalog, name: str, values: list, evs: list[tuple], topic: str, partition: int, exc: Exception) -> PoisonEventError:
+    """Find the first value of a column that does not convert, to name its offset (error path only)."""
+    lake_type = catalog.lake[name]
+    bad = min(range(len(values)), key=lambda i: evs[i][OFF])
+    for i in sorted(range(len(values)), key=lambda i: evs[i][OFF]):
+        try:
+            to_arrow([values[i]], lake_type)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            bad = i
+            break
+    return _poison(topic, partition, evs[bad][OFF], f"column {name!r} value {values[bad]!r} is not a valid {lake_type} ({exc})")
+
+
+def _meta(evs: list[tuple]) -> dict[str, pa.Array]:
+    ts = pa.array([e[TS] for e in evs], type=pa.int64())
+    return {
+        META_OP: pa.array([e[OP] for e in evs], type=pa.large_string()),
+        META_POSITION: pa.array([e[POS].hex() for e in evs], type=pa.large_string()),
+        META_COMMITTED_AT: ts.cast(pa.timestamp("ms", tz="UTC")).cast(META_TYPES[META_COMMITTED_AT]),
+    }
+
+
+def _key_of(ev: tuple, pk: tuple[str, ...], topic: str, partition: int) -> tuple[Any, dict[str, Any]]:
+    """(hashable key, {pk col: value}) of a delete: from `before`, else from the message key."""
+    src = ev[BEFORE]
+    try:
+        if not src or any(c not in src for c in pk):
+            src = orjson.loads(ev[KEY]) if ev[KEY] else None
+        row = {c: src[c] for c in pk}  # type: ignore[index]
+        key = row[pk[0]] if len(pk) == 1 else tuple(row[c] for c in pk)
+        hash(key)
+    except (KeyError, TypeError, orjson.JSONDecodeError):
+        raise _poison(topic, partition, ev[OFF], f"delete event carries no primary key {list(pk)} in `before` nor in the message key") from None
+    return key, row
+
+
+_UPSERT, _FRESH, _DELETE = 0, 1, 2
+"""State of a key in a mirror batch: upserted (absent columns keep the lake's value), upserted after
+a delete or truncate in the same batch (absent columns are null: there is no stored value), deleted."""
+
+
+def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: int) -> Plan:
+    """Collapse a batch per primary key, in order, into one MERGE (or one overwrite after a truncate).
+
+    c/r/u upsert the `after` row, d deletes (key from `before` or the message key); a key change is
+    d(old) + c(new). A column absent from `after` (TOASTed, unchanged) takes the value of an
+    earlier event of the batch for that key; failing that the row gets a KEEP flag for the column
+    and the MERGE keeps the stored value. A truncate drops everything before it: the table is
+    overwritten with the rows that follow it.
+    """
+    start, truncated = 0, False
+    for i in range(len(events) - 1, -1, -1):
+        if events[i][OP] == OP_TRUNCATE:
+            start, truncated = i + 1, True
+            break
+    state: dict[Any, list] = {}
+    pk: tuple[str, ...] = ()
+    info = None
+    for idx in range(start, len(events)):
+        ev = events[idx]
+        info = ev[INFO]
+        pk = info.pk
+        if ev[OP] == OP_DELETE:
+            key, keyrow = _key_of(ev, pk, topic, partition)
+            if truncated:
+                state.pop(key, None)
+            else:
+                state[key] = [keyrow, ev, None, _DELETE]
+            continue
+        after = ev[AFTER]
+        try:
+            key = after[pk[0]] if len(pk) == 1 else tuple([after[c] for c in pk])
+            prev = state.get(key)
+        except (KeyError, TypeError):
+            raise _poison(topic, partition, ev[OFF], f"`after` lacks a primary key column of {list(pk)}") from None
+        if after.keys() >= info.colset:
+            state[key] = [after, ev, None, _FRESH if truncated or (prev is not None and prev[3] != _UPSERT) else _UPSERT]
+            continue
+        # Some columns are absent: unchanged TOASTed values.
+        missing = info.colset - after.keys()
+        if prev is not None and prev[3] != _DELETE:
+            prow = prev[0]
+            row = {**prow, **after}
+            if prev[1][INFO] is not info:
+                row = {c: v for c, v in row.items() if c in info.colset}
+            kind = prev[3]
+            keep = missing - prow.keys() if kind == _UPSERT else None
+        else:
+            row, kind, keep = after, (_FRESH if truncated or prev is not None else _UPSERT), None
+            if kind == _UPSERT:
+                keep = missing
+        state[key] = [row, ev, keep or None, kind]
+
+    if not state and not truncated:
+        return Plan("none", None, events=0)
+    entries = list(state.values())
+    rows = [e[0] for e in entries]
+    evs = [e[1] for e in entries]
+    cols = _columns(catalog, rows, evs, topic, partition)
+    cols.update(_meta(evs))
+    n = len(entries)
+    if truncated:
+        return Plan("overwrite", pa.table(cols) if n else _empty(catalog, mirror=True), pk=pk, events=len(events) - start)
+    cols[DELETE_FLAG] = pa.array([e[3] == _DELETE for e in entries], type=pa.bool_())
+    keep_cols: set[str] = set()
+    for e in entries:
+        if e[2]:
+            keep_cols |= e[2]
+    keep = tuple(c for c in catalog.arrow if c in keep_cols)
+    for c in keep:
+        cols[KEEP_PREFIX + c] = pa.array([bool(e[2]) and c in e[2] for e in entries], type=pa.bool_())
+    return Plan("merge", pa.table(cols), pk=pk, keep=keep, events=len(events))
+
+
+def _empty(catalog: Catalog, *, mirror: bool) -> pa.Table:
+    fields = [pa.field(n, t) for n, t in catalog.arrow.items()]
+    metas = (META_OP, META_POSITION, META_COMMITTED_AT) if mirror else tuple(META_TYPES)
+    fields += [pa.field(m, META_TYPES[m]) for m in metas]
+    return pa.schema(fields).empty_table()
+
+
+_NO_ROW: dict[str, Any] = {}
+
+
+def plan_changelog(events: list[tuple], catalog: Catalog, topic: str, partition: int) -> Plan:
+    """One row per event: data from `after` (`before` for deletes, nothing for truncates) plus the
+    op, position, commit time, Kafka offset, transaction id and the names of unchanged columns."""
+    if not events:
+        return Plan("none", None)
+    rows: list[dict[str, Any]] = []
+    unchanged: list[list[str] | None] = []
+    for ev in events:
+        op = ev[OP]
+        if op == OP_DELETE:
+            rows.append(ev[BEFORE] or (_key_of(ev, ev[INFO].pk, topic, partition)[1] if ev[INFO].pk else _NO_ROW))
+            unchanged.append(None)
+        elif op == OP_TRUNCATE:
+            rows.append(_NO_ROW)
+            unchanged.append(None)
+        else:
+            after = ev[AFTER]
+            rows.append(after)
+            info = ev[INFO]
+            if after.keys() >= info.colset:
+                unchanged.append(None)
+            else:
+                unchanged.append([c for c in info.names if c not in after])
+    cols = _columns(catalog, rows, events, topic, partition)
+    cols.update(_meta(events))
+    cols[META_OFFSET] = pa.array([e[OFF] for e in events], type=pa.int64())
+    cols[META_TXID] = pa.array([e[TXID] for e in events], type=pa.int64())
+    cols[META_UNCHANGED] = pa.array(unchanged, type=META_TYPES[META_UNCHANGED])
+    return Plan("append", pa.table(cols), events=len(events))

@@ -1,0 +1,29 @@
+"""Config of the Delta Lake sink (`type: delta`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lakeward.core.config import PluginConfig
+
+
+class DeltaSinkConfig(PluginConfig):
+    type: Literal["delta"] = "delta"
+    """Always `delta`."""
+    sources: list[str] = Field(min_length=1)
+    """Names of the sources whose tables this sink writes."""
+    mode: Literal["mirror", "changelog"] = "mirror"
+    """`mirror`: each lake table equals its source table (MERGE by primary key) plus metadata
+    columns. `changelog`: every event is appended with its op, source position and commit time."""
+    tables: list[str] = Field(default_factory=lambda: ["*.*"])
+    """Glob patterns over `<schema>.<table>` selecting which tables of the sources to write."""
+    batch_rows: int = Field(default=200_000, ge=1)
+    """Flush a table once this many events are buffered for it."""
+    batch_bytes: int = Field(default=32 << 20, ge=1024)
+    """Flush a table once its buffered events take this many bytes."""
+    batch_interval_s: float = Field(default=1.0, gt=0)
+    """Flush whatever is buffered at least this often (seconds): the lake lags the broker by about this much."""
+    group_id: str | None = None
+    """Consumer group id; default `lakeward.<name>`. Workers with the same group share the tables."""

@@ -1,0 +1,366 @@
+"""The Delta Lake sink: a consumer-group worker that writes table topics into Delta tables.
+
+Workers of one sink share a consumer group and subscribe by pattern to the table topics of the
+configured sources (new tables are picked up within a few seconds). Each assigned partition gets a
+TableWriter (see table.py) that resumes from the offset its Delta table records, so progress is
+exactly-once without trusting Kafka's committed offsets (those are committed too, after each Delta
+commit, only so lag shows up in the usual Kafka tools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import time
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from lakeward.core.broker import SchemaReader, consumer, start_client
+from lakeward.core.config import BrokerConfig, LakeConfig
+from lakeward.core.errors import TerminalError, TransientError
+from lakeward.core.events import parse_table_topic
+from lakeward.core.lake import table_uri
+from lakeward.core.sink import Sink
+from lakeward.sinks.delta.config import DeltaSinkConfig
+from lakeward.sinks.delta.lake import LakeTable, is_retriable
+from lakeward.sinks.delta.table import TableWriter, iso
+
+log = logging.getLogger(__name__)
+
+METADATA_MAX_AGE_MS = 3000
+"""How often the consumer refreshes topic metadata: a new table topic is picked up within this."""
+REVOKE_WAIT_S = 20.0
+"""How long a revoked partition's commit in flight may take before the rebalance goes on without it."""
+POLL_MAX_S = 0.5
+POLL_BUSY_S = 0.02
+
+
+def topic_pattern(prefix: str, sources: list[str], tables: list[str]) -> str:
+    """`^<prefix>\\.(<src>|...)\\.<schema>.<table>$` with the table globs folded in, so unselected
+    tables are never even assigned (and schema/state topics `__*` never match)."""
+    globs = "|".join(fnmatch.translate(g) for g in tables)  # each ends with \Z
+    srcs = "|".join(re.escape(s) for s in sources)
+    return rf"^{re.escape(prefix)}\.(?:{srcs})\.(?!__)(?=[^.]+\..+\Z)(?:{globs})"
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, sink: DeltaSink):
+        self._sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._sink._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._sink._assigned(assigned)
+
+
+class DeltaSink(Sink):
+    config: DeltaSinkConfig
+
+    def __init__(self, config: DeltaSinkConfig, *, broker: BrokerConfig, lake: LakeConfig):
+        super().__init__(config, broker=broker, lake=lake)
+        self.group_id = config.group_id or f"lakeward.{config.name}"
+        self.pattern = topic_pattern(broker.topic_prefix, list(config.sources), list(config.tables))
+        self._consumer: Any = None
+        self._schemas = SchemaReader(broker)
+        self._writers: dict[TopicPartition, TableWriter] = {}
+        self._lakes: dict[TopicPartition, LakeTable] = {}
+        self._paused: set[TopicPartition] = set()
+        self._ignored: set[TopicPartition] = set()
+        self._commits: set[asyncio.Task] = set()
+        self._started_at: float | None = None
+
+    # --- selection ------------------------------------------------------------------------------
+
+    def selects(self, topic: str) -> tuple[str, str, str] | None:
+        parsed = parse_table_topic(self.broker.topic_prefix, topic)
+        if parsed is None:
+            return None
+        source, schema, table = parsed
+        if source not in self.config.sources:
+            return None
+        if not any(fnmatch.fnmatchcase(f"{schema}.{table}", g) for g in self.config.tables):
+            return None
+        return parsed
+
+    # --- Feed (called by writers) ---------------------------------------------------------------
+
+    def seek(self, tp: TopicPartition, offset: int | None) -> None:
+        c = self._consumer
+        if c is None or tp not in c.assignment():
+            return
+        # Synchronous on purpose (records fetched after this call come from the new position):
+        # offset 0 before the log start is reset to the earliest offset (auto_offset_reset).
+        c.seek(tp, 0 if offset is None else offset)
+
+    def committed(self, tp: TopicPartition, next_offset: int) -> None:
+        """After a Delta commit: commit the Kafka offset as well, for lag monitoring only."""
+        c = self._consumer
+        if c is None:
+            return
+
+        async def commit() -> None:
+            try:
+                await c.commit({tp: next_offset})
+            except Exception as e:  # not assigned any more, rebalancing, stopped ...: harmless, monitoring only
+                log.debug("Kafka offset commit for %s failed: %s", tp, e)
+
+        task = asyncio.create_task(commit())
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    # --- rebalancing ----------------------------------------------------------------------------
+
+    async def _revoked(self, revoked: list[TopicPartition]) -> None:
+        writers = [w for tp in revoked if (w := self._writers.pop(tp, None)) is not None]
+        await asyncio.gather(*(w.revoke(REVOKE_WAIT_S) for w in writers))
+        for w in writers:
+            if w.flush_task is not None:  # still writing: its LakeTable must not be shared
+                self._lakes.pop(w.tp, None)
+        for tp in revoked:
+            self._paused.discard(tp)
+            self._ignored.discard(tp)
+        if writers:
+            log.info("revoked %d table partition(s)", len(writers))
+
+    async def _assigned(self, assigned: list[TopicPartition]) -> None:
+        new = []
+        for tp in assigned:
+            if tp in self._writers:
+                continue
+            parsed = self.selects(tp.topic)
+            if parsed is None:
+                self._ignored.add(tp)
+                continue
+            source, schema, table = parsed
+            lake = self._lakes.get(tp)
+            if lake is None:
+                lake = self._lakes[tp] = LakeTable(table_uri(self.lake, source, schema, table), self.lake.storage_options, tp.topic,
+                                                   tp.partition, f"{source}.{schema}.{table}", self.config.name)
+            w = TableWriter(tp, source=source, schema=schema, table=table, mode=self.config.mode, lake=lake, schemas=self._schemas,
+                            feed=self, batch_rows=self.config.batch_rows, batch_bytes=self.config.batch_bytes,
+                            batch_interval_s=self.config.batch_interval_s)
+            new.append(w)
+        results = await asyncio.gather(*(self._open(w) for w in new))
+        ends = await self._end_offsets([w.tp for w, (ok, at) in zip(new, results) if ok and at is not None])
+        for w, (ok, resume_at) in zip(new, results):
+            self._writers[w.tp] = w
+            if ok and resume_at is not None and w.tp in ends and resume_at > ends[w.tp]:
+                # Seeking there would reset to the beginning and skip everything below the txn.
+                w.error = TerminalError(
+                    f"table {w.qualified}: the Delta table has applied offsets up to {resume_at - 1} of {w.tp.topic} partition "
+                    f"{w.tp.partition}, but the partition ends at {ends[w.tp]}: the topic was recreated. Drop the lake table to "
+                    "rebuild it from the topic; stopped this table")
+                log.error("%s", w.error)
+                ok = False
+            if not ok:
+                continue  # stopped with an error: wants_pause pauses it
+            if resume_at is None:
+                await self._consumer.seek_to_beginning(w.tp)
+            else:
+                self._consumer.seek(w.tp, resume_at)
+        ignored = [tp for tp in assigned if tp in self._ignored]
+        if ignored:
+            self._consumer.pause(*ignored)
+        if new:
+            log.info("assigned %d table partition(s): %s", len(new), ", ".join(sorted(w.qualified for w in new)))
+
+    async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        try:
+            return await self._consumer.end_offsets(tps)
+        except KafkaError as e:  # only a safety check: go on without it
+            log.warning("could not read the end offsets of %d partition(s): %s", len(tps), e)
+            return {}
+
+    async def _open(self, w: TableWriter) -> tuple[bool, int | None]:
+        for attempt in range(4):
+            try:
+                return True, await w.open()
+            except Exception as e:
+                if attempt == 3 or not is_retriable(e):
+                    w.error = TransientError(f"table {w.qualified}: cannot read the Delta table at {w.lake.uri} "
+                                             f"({e.__class__.__name__}: {e}); stopped this table until the sink restarts")
+                    log.error("%s", w.error)
+                    return False, None
+                log.warning("%s: reading the Delta table failed (%s); retrying", w.qualified, e)
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _sync_pauses(self) -> None:
+        c = self._consumer
+        assigned = c.assignment()
+        want = {tp for tp, w in self._writers.items() if w.wants_pause and tp in assigned}
+        pause = want - self._paused
+        resume = (self._paused - want) & assigned
+        if pause:
+            c.pause(*pause)
+        if resume:
+            c.resume(*resume)
+        self._paused = want
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._consumer = consumer(
+            self.broker,
+            group_id=self.group_id,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            client_id=f"lakeward-{self.config.name}",
+        )
+        await start_client(self._consumer, self.broker)
+        self._started_at = time.time()
+        log.info("sink %s: group %s, topics matching %s, lake %s, mode %s", self.config.name, self.group_id, self.pattern,
+                 self.lake.uri, self.config.mode)
+        try:
+            self._consumer.subscribe(pattern=self.pattern, listener=_Rebalance(self))
+            await self._loop(stop)
+            # final flush of everything buffered
+            await asyncio.gather(*(w.drain() for w in list(self._writers.values())))
+            if self._commits:
+                await asyncio.wait(list(self._commits), timeout=5)
+        finally:
+            await self._close_writers()
+            c, self._consumer = self._consumer, None
+            await c.stop()
+            log.info("sink %s stopped", self.config.name)
+
+    async def _close_writers(self) -> None:
+        """After the loop ended (normally or not): no writer may outlive run() or share its table."""
+        writers = list(self._writers.values())
+        await asyncio.gather(*(w.revoke(REVOKE_WAIT_S) for w in writers))
+        for w in writers:
+            if w.flush_task is not None:
+                self._lakes.pop(w.tp, None)
+        self._writers.clear()
+        self._paused.clear()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        c = self._consumer
+        while not stop.is_set():
+            for w in list(self._writers.values()):
+                if w.backlog is not None and w.flush_task is None:
+                    records, epoch = w.backlog
+                    w.backlog = None
+                    await w.ingest(records, epoch)
+            now = time.monotonic()
+            waits = [d for w in self._writers.values() if (d := w.next_due(now)) is not None]
+            if any(w.flush_task is not None for w in self._writers.values()):
+                waits.append(POLL_BUSY_S)  # pick up its backlog (or its next batch) soon after it is done
+            timeout = min([POLL_MAX_S, *waits])
+            fetched = await c.getmany(timeout_ms=max(1, int(timeout * 1000)))
+            # Bind the records to the writer (and its epoch) that owned the partition when they were
+            # fetched: a rebalance or seek during an await below must void them, not feed a new writer.
+            owned = [(w, w.epoch, records) for tp, records in fetched.items() if records and (w := self._writers.get(tp)) is not None]
+            for w, epoch, records in owned:
+                if w.backlog is not None:  # fetched before the pause took effect: queue behind the backlog
+                    if epoch == w.epoch and w.active:
+                        w.backlog = (w.backlog[0] + records, w.backlog[1])
+                else:
+                    await w.ingest(records, epoch)
+            now = time.monotonic()
+            for w in list(self._writers.values()):
+                if w.due(now):
+                    w.start_flush()
+            self._sync_pauses()
+
+    # --- status ---------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """Per table: Delta version, last commit, committed offset (the txn), lag, last position, errors.
+
+        While `run` is going this is the live state of the tables this worker owns. Otherwise (e.g.
+        `lakeward status` in another process) it is read from the lake and the broker.
+        """
+        c = self._consumer
+        if c is None:
+            tables = await self._offline_status()
+        else:
+            tables = []
+            for tp, w in sorted(self._writers.items()):
+                st = w.status()
+                st["lag"] = st["lake_lag"] = None
+                if tp in c.assignment():
+                    try:
+                        hw = c.highwater(tp)
+                        if hw is not None:
+                            st["lag"] = max(0, hw - await asyncio.wait_for(c.position(tp), 1.0))
+                            st["lake_lag"] = max(0, hw - (0 if w.committed_offset is None else w.committed_offset + 1))
+                    except (KafkaError, AssertionError, asyncio.TimeoutError):
+                        pass
+                tables.append(st)
+        return {
+            "sink": self.config.name,
+            "type": "delta",
+            "group_id": self.group_id,
+            "mode": self.config.mode,
+            "lake": self.lake.uri,
+            "running": c is not None,
+            "tables": tables,
+            "stopped_tables": [t["table"] for t in tables if t.get("error")],
+        }
+
+    async def _selected_ends(self) -> dict[TopicPartition, int]:
+        """End offset of every partition of the topics this sink selects, as of now."""
+        c = consumer(self.broker, client_id=f"lakeward-{self.config.name}-status")
+        await start_client(c, self.broker)
+        try:
+            pattern = re.compile(self.pattern)
+            tps = []
+            for topic in sorted(await c.topics()):
+                if pattern.match(topic) and self.selects(topic):
+                    tps += [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+            return await c.end_offsets(tps) if tps else {}
+        finally:
+            await c.stop()
+
+    async def wait_caught_up(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+        """Return once every selected table has written all its topic held when this was called
+        (`lakeward replay`); raise the error of a table that stopped instead."""
+        ends = await self._selected_ends()
+        while not stop.is_set():
+            pending = 0
+            for tp, end in ends.items():
+                w = self._writers.get(tp)
+                if w is not None and w.stopped:
+                    raise w.error or w._pending_error  # type: ignore[misc]
+                if w is None or not w.caught_up(end):
+                    pending += 1
+            if not pending:
+                return
+            await asyncio.sleep(poll_s)
+
+    async def _offline_status(self) -> list[dict[str, Any]]:
+        ends = await self._selected_ends()
+        tps = list(ends)
+        tables = []
+        for tp in tps:
+            source, schema, table = self.selects(tp.topic)  # type: ignore[misc]
+            lake = LakeTable(table_uri(self.lake, source, schema, table), self.lake.storage_options, tp.topic, tp.partition,
+                             f"{source}.{schema}.{table}", self.config.name)
+            try:
+                state = await asyncio.to_thread(lake.load)
+                error = None
+            except Exception as e:  # unreadable table: report it, keep going
+                state, error = None, f"cannot read the Delta table at {lake.uri}: {e}"
+            committed = state.txn if state else None
+            tables.append({
+                "table": lake.table,
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "uri": lake.uri,
+                "mode": self.config.mode,
+                "state": "not running" if state is None or state.exists else "no table yet",
+                "version": state.version if state else None,
+                "last_commit": iso(state.committed_at) if state else None,
+                "committed_offset": committed,
+                "last_position": state.position.hex() if state and state.position else None,
+                "lag": max(0, ends[tp] - (0 if committed is None else committed + 1)) if tp in ends else None,
+                "error": error,
+            })
+        return tables
