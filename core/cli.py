@@ -149,15 +149,15 @@ def query(
     try:
         cfg = _config()
         con = lakefs.duckdb_connection(cfg, as_of=as_of)
-        result = con.execute(sql)
+        relation = con.sql(sql)
+        if relation is None:  # a statement without a result
+            return
+        arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
     except LakewardError as e:
         _fail(e)
     except Exception as e:  # duckdb errors: syntax, unknown table ...
         err.print(f"[bold red]query failed:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
-    if result.description is None:
-        return
-    arrow = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.arrow()
     if fmt == OutputFormat.json:
         for row in arrow.to_pylist():
             sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")

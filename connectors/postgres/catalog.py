@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 
 import psycopg
@@ -117,23 +118,24 @@ async def sync_publication(conn: psycopg.AsyncConnection, publication: str, tabl
 
 async def type_infos(conn: psycopg.AsyncConnection, oids: set[int], cache: dict[int, PgType]) -> None:
     """Fill `cache` with what the catalog says about each type oid (domains resolved, array elements)."""
-    rows: dict[int, tuple[str, str, int, int, str]] = {}
+    rows: dict[int, tuple[str, str, int, int, str, int]] = {}
     todo = {o for o in oids if o not in cache}
     while todo:
         fetched = await (await conn.execute(
-            "SELECT oid, typname, typtype, typelem, typbasetype, typcategory FROM pg_type WHERE oid = ANY(%s)", (list(todo),)
+            "SELECT oid, typname, typtype, typelem, typbasetype, typcategory, typtypmod FROM pg_type WHERE oid = ANY(%s)", (list(todo),)
         )).fetchall()
         for oid, *info in fetched:
             rows[oid] = tuple(info)  # type: ignore[assignment]
-        deps = {base if kind == "d" else elem for (_, kind, elem, base, cat) in (rows[o] for o in todo if o in rows)
+        deps = {base if kind == "d" else elem for (_, kind, elem, base, cat, _) in (rows[o] for o in todo if o in rows)
                 if kind == "d" or (cat == "A" and elem)}
         todo = {d for d in deps if d not in cache and d not in rows}
 
     def resolve(oid: int) -> PgType:
         if oid not in cache:
-            name, kind, elem, base, category = rows[oid]
+            name, kind, elem, base, category, typmod = rows[oid]
             if kind == "d":
-                cache[oid] = resolve(base)
+                # A column of a domain type has atttypmod -1: the typmod (numeric(8,3) ...) is the domain's.
+                cache[oid] = dataclasses.replace(resolve(base), typmod=typmod) if typmod >= 0 else resolve(base)
             elif category == "A" and elem:
                 cache[oid] = PgType(name, kind, resolve(elem))
             else:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.types.string import TextLoader
 
 from lakeward.connectors.postgres import catalog, pgoutput
 from lakeward.connectors.postgres.config import PostgresSourceConfig
@@ -266,11 +267,15 @@ class PostgresSource(Source):
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
         seq = 0
         self._emit(t, OP_TRUNCATE, TRUNCATE_KEY, None, None, {**source, "snapshot": "first"}, Position.postgres(lsn, Position.SNAPSHOT, seq))
-        select = ", ".join(f"{psycopg.sql.Identifier(c[0]).as_string(None)}::text" for c in columns)
+        select = ", ".join(psycopg.sql.Identifier(c[0]).as_string(None) for c in columns)
         rel = f"{psycopg.sql.Identifier(schema).as_string(None)}.{psycopg.sql.Identifier(table).as_string(None)}"
         started, rows = time.monotonic(), 0
         async with conn.cursor(name=f"lakeward_snapshot_{relid}") as cur:
             await cur.execute(f"SELECT {select} FROM {rel}")
+            # Every value as its type's output function writes it, exactly what pgoutput sends; `col::text`
+            # differs for some types (boolean `true`, inet `/32`, character(n) unpadded).
+            for d in cur.description or ():
+                cur.adapters.register_loader(d.type_code, TextLoader)
             while batch := await cur.fetchmany(self.config.snapshot_fetch_rows):
                 for values in batch:
                     seq += 1
