@@ -1,5 +1,5 @@
 # Lakeward developer entry points. Everything runs as root on Debian 12:
-#   make services   install (if missing) and start PostgreSQL 15 + Kafka on 127.0.0.1
+#   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB on 127.0.0.1
 #   make test       services + venv, then the test suite
 # See deploy/local/services.sh for the service details and its environment knobs.
 
@@ -24,6 +24,9 @@ LAKEWARD_KAFKA_PORT ?= 9092
 LAKEWARD_TEST_PG_DSN ?= postgresql://postgres@127.0.0.1:$(LAKEWARD_PG_PORT)/postgres
 LAKEWARD_TEST_BROKER ?= 127.0.0.1:$(LAKEWARD_KAFKA_PORT)
 export LAKEWARD_PG_PORT LAKEWARD_KAFKA_PORT LAKEWARD_TEST_PG_DSN LAKEWARD_TEST_BROKER
+LAKEWARD_MARIADB_PORT ?= 3306
+LAKEWARD_TEST_MYSQL_URL ?= mysql://lakeward:lakeward@127.0.0.1:$(LAKEWARD_MARIADB_PORT)
+export LAKEWARD_MARIADB_PORT LAKEWARD_TEST_MYSQL_URL
 
 PYTEST_ARGS ?=
 

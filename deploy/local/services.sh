@@ -2,24 +2,27 @@
 # Local services for Lakeward's tests, demo and benchmarks, bound to 127.0.0.1:
 #   * PostgreSQL 15 (Debian packages), dedicated cluster 15/lakeward, wal_level=logical
 #   * Apache Kafka (KRaft, single combined broker+controller), jars from Maven Central
+#   * MariaDB 10.11 (Debian's mariadb-server), own datadir, row-based binlog for CDC
 #
-# Usage: deploy/local/services.sh [start|stop|status|restart|kafka-topics ARGS...]
+# Usage: deploy/local/services.sh [start|stop|status|restart [SERVICE...]] | kafka-topics ARGS...
+#   SERVICE is postgres, kafka or mariadb; without one, the command covers all three
 #   start (default)  install what is missing, then start what is not running (idempotent)
-#   stop             stop Kafka and the PostgreSQL cluster (data is kept)
-#   status           one line per service; exit 0 only when both answer
+#   stop             stop the services (data is kept), e.g. services.sh stop mariadb
+#   status           one line per service; exit 0 only when all of them answer
 #   restart          stop + start
 #   kafka-topics     run Kafka's TopicCommand against the local broker, e.g.
 #                    services.sh kafka-topics --list
 #
 # Environment (all optional):
-#   LAKEWARD_SERVICES_DIR            Kafka jars, data, logs, pid   (/var/lib/lakeward-services)
+#   LAKEWARD_SERVICES_DIR            Kafka and MariaDB state        (/var/lib/lakeward-services)
 #   LAKEWARD_PG_PORT                 PostgreSQL port               (5432)
 #   LAKEWARD_KAFKA_PORT              Kafka client port             (9092)
 #   LAKEWARD_KAFKA_CONTROLLER_PORT   Kafka KRaft controller port   (9093)
 #   LAKEWARD_KAFKA_HEAP              broker heap flags             (-Xms256m -Xmx512m)
+#   LAKEWARD_MARIADB_PORT            MariaDB port                  (3306)
 #   LAKEWARD_SERVICES_TIMEOUT        seconds to wait for each service to answer (180)
 #
-# Must run as root on Debian 12 (it may apt-get install postgresql-15, a JRE, maven).
+# Must run as root on Debian 12 (it may apt-get install postgresql-15, a JRE, maven, mariadb-server).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,6 +49,20 @@ KAFKA_PID="$KAFKA_HOME/kafka.pid"
 KAFKA_OUT="$KAFKA_LOGS/kafka.out"
 KAFKA_SERVER_LOG="$KAFKA_LOGS/server.log"
 KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+
+MARIADB_PORT="${LAKEWARD_MARIADB_PORT:-3306}"
+MARIADB_BIN=/usr/sbin/mariadbd
+MARIADB_HOME="$SERVICES_DIR/mariadb"
+MARIADB_DATA="$MARIADB_HOME/data"
+MARIADB_RUN="$MARIADB_HOME/run"
+MARIADB_LOGS="$MARIADB_HOME/logs"
+MARIADB_CNF="$MARIADB_HOME/lakeward.cnf"
+MARIADB_SOCK="$MARIADB_RUN/mariadbd.sock"
+MARIADB_PID="$MARIADB_RUN/mariadbd.pid"
+MARIADB_ERR="$MARIADB_LOGS/mariadbd.err"
+MARIADB_OUT="$MARIADB_LOGS/mariadbd.out"
+MARIADB_USER=lakeward
+MARIADB_PASSWORD=lakeward
 
 # ---------------------------------------------------------------- helpers
 
@@ -79,7 +96,27 @@ need_root() {
 }
 
 APT_UPDATED=0
-# apt_install PKG...: install the packages that are not installed yet
+APT_LOG="$SERVICES_DIR/apt.log"
+apt_update() {
+    [ "$APT_UPDATED" -eq 0 ] || return 0
+    say "apt-get update"
+    apt-get update >>"$APT_LOG" 2>&1 ||
+        fail "apt-get update failed" "$APT_LOG" "check the Debian package mirrors in /etc/apt/sources.list*"
+    APT_UPDATED=1
+}
+
+# apt_have_candidates PKG...: the current package lists offer every one of them
+apt_have_candidates() {
+    local p c
+    for p in "$@"; do
+        c="$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: *//p')"
+        [ -n "$c" ] && [ "$c" != "(none)" ] || return 1
+    done
+}
+
+# apt_install PKG...: install the packages that are not installed yet. apt-get update runs
+# only when the lists lack one of them, or when installing from the current lists fails
+# (lists too old: the mirror no longer has those versions).
 apt_install() {
     local p missing=()
     for p in "$@"; do
@@ -87,17 +124,20 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     need_root "apt-get install ${missing[*]}"
-    local log="$SERVICES_DIR/apt.log"
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        apt-get update >"$log" 2>&1 ||
-            fail "apt-get update failed" "$log" "check the Debian package mirrors in /etc/apt/sources.list*"
-        APT_UPDATED=1
-    fi
+    [ "$APT_UPDATED" -eq 1 ] || : >"$APT_LOG"
+    apt_have_candidates "${missing[@]}" || apt_update
     say "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Options::=--force-confdef \
-        -o Dpkg::Options::=--force-confold "${missing[@]}" >>"$log" 2>&1 ||
-        fail "apt-get install ${missing[*]} failed" "$log" "fix the apt error above, then re-run make services"
+    local try
+    for try in 1 2; do
+        if DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Options::=--force-confdef \
+            -o Dpkg::Options::=--force-confold "${missing[@]}" >>"$APT_LOG" 2>&1; then
+            return 0
+        fi
+        if [ "$APT_UPDATED" -eq 1 ] || [ "$try" -eq 2 ]; then break; fi
+        say "apt-get install failed with the current package lists; updating them and retrying"
+        apt_update
+    done
+    fail "apt-get install ${missing[*]} failed" "$APT_LOG" "fix the apt error above, then re-run make services"
 }
 
 # install_file SRC DEST OWNER MODE: copy only when different; returns 0 if it changed DEST
@@ -505,6 +545,283 @@ kafka_status() {
     return 1
 }
 
+# ---------------------------------------------------------------- mariadb
+
+# proc_gone PID: no such process, or only its zombie is left
+proc_gone() {
+    [ -d "/proc/$1" ] || return 0
+    [ "$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)" = Z ]
+}
+
+# mariadb_root ARGS...: the mariadb client as root over our socket (root authenticates by unix_socket)
+mariadb_root() { mariadb --no-defaults --socket="$MARIADB_SOCK" -u root --connect-timeout=5 "$@"; }
+# mariadb_tcp ARGS...: the client as the lakeward user over TCP, the way the tests connect
+mariadb_tcp() {
+    MYSQL_PWD="$MARIADB_PASSWORD" mariadb --no-defaults -h 127.0.0.1 -P "$MARIADB_PORT" -u "$MARIADB_USER" \
+        --connect-timeout=3 "$@"
+}
+# mariadb_ping: our server answers on its socket
+mariadb_ping() {
+    [ -S "$MARIADB_SOCK" ] &&
+        mariadb-admin --no-defaults --socket="$MARIADB_SOCK" -u root --connect-timeout=2 ping >/dev/null 2>&1
+}
+
+# mariadb_is_ours PID: PID is a mariadbd running with our config file
+mariadb_is_ours() {
+    [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] &&
+        tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF -- "--defaults-file=$MARIADB_CNF"
+}
+
+# mariadb_pid: pid of our mariadbd (from its pid file, else found by command line); empty if none
+mariadb_pid() {
+    local pid
+    pid="$(cat "$MARIADB_PID" 2>/dev/null || true)"
+    if mariadb_is_ours "$pid"; then
+        echo "$pid"
+        return 0
+    fi
+    for pid in $(pgrep -x mariadbd 2>/dev/null || true); do
+        if mariadb_is_ours "$pid"; then
+            echo "$pid"
+            return 0
+        fi
+    done
+}
+
+mariadb_install() {
+    if [ -x "$MARIADB_BIN" ] && command -v mariadb-install-db >/dev/null && command -v mariadb >/dev/null &&
+        command -v mariadb-admin >/dev/null && getent passwd mysql >/dev/null; then
+        return 0
+    fi
+    apt_install mariadb-server
+    [ -x "$MARIADB_BIN" ] ||
+        fail "mariadb-server is installed but $MARIADB_BIN is missing" "$SERVICES_DIR/apt.log" \
+            "reinstall it: apt-get install --reinstall mariadb-server"
+}
+
+# Renders the config; returns 0 when it changed (a running server must restart).
+mariadb_configure() {
+    local changed=1 tmp="$MARIADB_HOME/lakeward.cnf.tmp"
+    if [ ${#MARIADB_SOCK} -gt 100 ]; then
+        fail "the MariaDB socket path is too long for a unix socket: $MARIADB_SOCK" "" \
+            "use a shorter LAKEWARD_SERVICES_DIR"
+    fi
+    sed -e "s|@PORT@|$MARIADB_PORT|g" -e "s|@DATADIR@|$MARIADB_DATA|g" -e "s|@SOCKET@|$MARIADB_SOCK|g" \
+        -e "s|@PIDFILE@|$MARIADB_PID|g" -e "s|@ERRLOG@|$MARIADB_ERR|g" "$HERE/mariadb/lakeward.cnf.in" >"$tmp"
+    install_file "$tmp" "$MARIADB_CNF" root:root 0644 && changed=0
+    rm -f "$tmp"
+    return $changed
+}
+
+# mariadb-install-db, once: into a temporary dir that becomes the datadir only when it succeeded
+mariadb_init() {
+    [ -f "$MARIADB_DATA/mysql/global_priv.frm" ] && return 0
+    if [ -e "$MARIADB_DATA" ]; then
+        fail "$MARIADB_DATA exists but holds no MariaDB system tables (mysql/global_priv.frm)" "$MARIADB_ERR" \
+            "if nothing in it matters: deploy/local/services.sh stop mariadb; rm -rf $MARIADB_DATA; make services"
+    fi
+    local tmp="$MARIADB_HOME/data.tmp" log="$MARIADB_LOGS/install-db.log"
+    say "initializing the MariaDB datadir $MARIADB_DATA (mariadb-install-db, first time only)"
+    rm -rf "$tmp"
+    install -d -o mysql -g mysql -m 0750 "$tmp"
+    mariadb-install-db --no-defaults --user=mysql --datadir="$tmp" --auth-root-authentication-method=socket \
+        --skip-test-db --skip-name-resolve --skip-log-bin >"$log" 2>&1 9>&- ||
+        {
+            rm -rf "$tmp"
+            fail "mariadb-install-db failed" "$log" "fix the error above, then re-run make services"
+        }
+    mv "$tmp" "$MARIADB_DATA"
+}
+
+# mariadb_kill_wait PID WHAT: SIGTERM (a clean InnoDB shutdown), SIGKILL after 120s
+mariadb_kill_wait() {
+    local i
+    kill -TERM "$1" 2>/dev/null || true
+    for ((i = 0; i < 600; i++)); do
+        proc_gone "$1" && return 0
+        sleep 0.2
+    done
+    warn "$2 (pid $1) did not stop within 120s; killing it"
+    kill -KILL "$1" 2>/dev/null || true
+    sleep 1
+}
+
+# Debian's own server (datadir /var/lib/mysql, the mariadb service) listens on 3306 too. When
+# it holds our port, stop it and keep it from starting at boot. Anything else: fail.
+mariadb_free_port() {
+    port_open "$MARIADB_PORT" || return 0
+    local pid
+    pid="$(cat /run/mysqld/mysqld.pid 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ -d "/proc/$pid" ] && ! mariadb_is_ours "$pid" &&
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" =~ ^(mariadbd|mysqld)$ ]] &&
+        ss -Hltnp "sport = :$MARIADB_PORT" 2>/dev/null | grep -q "pid=$pid,"; then
+        say "stopping Debian's own MariaDB server (pid $pid, /var/lib/mysql): it holds port $MARIADB_PORT"
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now mariadb.service >/dev/null 2>&1 || true
+            say "mariadb.service disabled (systemctl enable --now mariadb undoes this)"
+        elif [ -x /etc/init.d/mariadb ] && ls /etc/rc[2-5].d/S*mariadb >/dev/null 2>&1; then
+            update-rc.d mariadb disable >/dev/null 2>&1 || true
+            say "init script mariadb disabled at boot (update-rc.d mariadb enable undoes this)"
+        fi
+        proc_gone "$pid" || mariadb_kill_wait "$pid" "Debian's MariaDB server"
+        port_open "$MARIADB_PORT" || return 0
+    fi
+    fail "port $MARIADB_PORT is held by another process: $(port_owner "$MARIADB_PORT")" "" \
+        "stop that server, or pick another port: LAKEWARD_MARIADB_PORT=$((MARIADB_PORT + 1)) make services (the Makefile derives LAKEWARD_TEST_MYSQL_URL from it)"
+}
+
+# mariadb_clear_stale: pid/socket files left by a killed server or a reboot (call only when
+# no mariadbd of ours runs; mariadbd would refuse to start next to a stale socket's path otherwise)
+mariadb_clear_stale() {
+    local f
+    for f in "$MARIADB_PID" "$MARIADB_SOCK"; do
+        if [ -e "$f" ] || [ -L "$f" ]; then
+            say "removing stale $f (no mariadbd of ours is running)"
+            rm -f "$f"
+        fi
+    done
+}
+
+mariadb_launch() {
+    : >"$MARIADB_OUT"
+    chown mysql:mysql "$MARIADB_OUT"
+    # setsid + nohup: detached from make's process group and terminal; fd 9 (our lock) closed.
+    # Not mariadbd-safe: it would restart a killed server behind our back.
+    (cd "$MARIADB_HOME" && exec setsid nohup "$MARIADB_BIN" --defaults-file="$MARIADB_CNF" --user=mysql \
+        </dev/null >>"$MARIADB_OUT" 2>&1 9>&-) &
+    MARIADB_LAUNCHED=$!
+    disown "$MARIADB_LAUNCHED" 2>/dev/null || true
+}
+
+mariadb_wait_ready() {
+    local deadline=$(($(now) + TIMEOUT))
+    say "waiting for MariaDB on 127.0.0.1:$MARIADB_PORT ..."
+    until mariadb_ping; do
+        if [ -z "$(mariadb_pid)" ] && { [ -z "${MARIADB_LAUNCHED:-}" ] || proc_gone "$MARIADB_LAUNCHED"; }; then
+            # the console output normally holds only the open-files warning; show anything else
+            if grep -qv 'Could not increase number of max_open_files' "$MARIADB_OUT" 2>/dev/null; then
+                printf '[services] ---- console output of mariadbd (%s) ----\n' "$MARIADB_OUT" >&2
+                tail -n 20 "$MARIADB_OUT" >&2
+            fi
+            fail "MariaDB exited during start-up" "$MARIADB_ERR" \
+                "read the log above (all logs: $MARIADB_LOGS). A bad setting: fix deploy/local/mariadb/lakeward.cnf.in. Corrupt data (throwaway): rm -rf $MARIADB_DATA; make services"
+        fi
+        [ "$(now)" -lt "$deadline" ] ||
+            fail "MariaDB (pid $(mariadb_pid)) did not answer on $MARIADB_SOCK within ${TIMEOUT}s" "$MARIADB_ERR" \
+                "read the log above (crash recovery can be slow); 'deploy/local/services.sh restart mariadb' retries; LAKEWARD_SERVICES_TIMEOUT raises the wait"
+        sleep 0.2
+    done
+}
+
+# mariadb_users: create/refresh the lakeward user (mariadb/users.sql) when that file changed
+# since it was last applied to this datadir, or when FORCE=1 is passed
+mariadb_users() {
+    local want stamp="$MARIADB_DATA/lakeward-users.sha256" out
+    want="$(sha256sum "$HERE/mariadb/users.sql" | cut -d' ' -f1)"
+    if [ "${1:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+    say "creating MariaDB user '$MARIADB_USER'@'127.0.0.1' and @'localhost' (mariadb/users.sql)"
+    out="$(mariadb_root --batch <"$HERE/mariadb/users.sql" 2>&1)" ||
+        fail "applying deploy/local/mariadb/users.sql as root over $MARIADB_SOCK failed: $out" "$MARIADB_ERR" \
+            "root logs in by unix_socket: check 'mariadb --socket=$MARIADB_SOCK -u root' works as root"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# mariadb_check: the server on our port is ours and has the binlog CDC needs, as the lakeward
+# user sees it over TCP; prints a summary, or the problem (and returns 1)
+mariadb_check() {
+    local out datadir fmt image meta logbin file
+    out="$(mariadb_tcp -N -B -e "SELECT @@datadir, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, @@log_bin; SHOW MASTER STATUS" 2>&1)" || {
+        echo "'mariadb -h 127.0.0.1 -P $MARIADB_PORT -u $MARIADB_USER' fails: $out"
+        return 1
+    }
+    read -r datadir fmt image meta logbin <<<"$(sed -n 1p <<<"$out")"
+    file="$(sed -n '2s/\t.*//p' <<<"$out")"
+    if [ "${datadir%/}" != "$MARIADB_DATA" ]; then
+        echo "the server on 127.0.0.1:$MARIADB_PORT is not ours: its datadir is $datadir, not $MARIADB_DATA"
+        return 1
+    fi
+    if [ "$logbin" != 1 ] || [ -z "$file" ] || [ "$fmt/$image/$meta" != ROW/FULL/FULL ]; then
+        echo "binlog not as configured: log_bin=$logbin binlog_format=$fmt binlog_row_image=$image binlog_row_metadata=$meta master file=${file:-none}"
+        return 1
+    fi
+    echo "binlog_format=ROW, row image/metadata FULL, binlog $file"
+}
+
+# mariadb_verify: users.sql applied, then mariadb_check must pass; its summary goes to MARIADB_INFO.
+# A failing check re-applies users.sql once (the lakeward user dropped or changed by hand).
+MARIADB_INFO=""
+mariadb_verify() {
+    mariadb_users
+    MARIADB_INFO="$(mariadb_check)" && return 0
+    mariadb_users 1
+    MARIADB_INFO="$(mariadb_check)" ||
+        fail "MariaDB answers on its socket but: $MARIADB_INFO" "$MARIADB_ERR" \
+            "check $MARIADB_CNF and the log above; 'deploy/local/services.sh restart mariadb' re-applies the settings"
+}
+
+mariadb_start() {
+    local t0 changed=1 pid
+    t0="$(now)"
+    mariadb_install
+    mkdir -p "$MARIADB_HOME"
+    install -d -o mysql -g mysql -m 0755 "$MARIADB_RUN" "$MARIADB_LOGS"
+    mariadb_configure && changed=0
+    mariadb_init
+
+    pid="$(mariadb_pid)"
+    if [ -n "$pid" ]; then
+        if [ "$changed" -eq 0 ]; then
+            say "MariaDB settings changed: restarting the server (pid $pid)"
+            mariadb_stop
+        elif mariadb_ping; then
+            mariadb_verify
+            say "MariaDB already running on 127.0.0.1:$MARIADB_PORT (pid $pid)"
+            return 0
+        else
+            say "MariaDB process $pid is up but not answering yet"
+            mariadb_wait_ready
+            mariadb_verify
+            say "MariaDB ready on 127.0.0.1:$MARIADB_PORT: $MARIADB_INFO ($(($(now) - t0))s)"
+            return 0
+        fi
+    fi
+    mariadb_clear_stale
+    mariadb_free_port
+    say "starting MariaDB $("$MARIADB_BIN" --version 2>/dev/null | grep -o '[0-9][0-9.]*-MariaDB' || true) on 127.0.0.1:$MARIADB_PORT, datadir $MARIADB_DATA, log $MARIADB_ERR"
+    mariadb_launch
+    mariadb_wait_ready
+    mariadb_verify
+    say "MariaDB ready on 127.0.0.1:$MARIADB_PORT: $MARIADB_INFO ($(($(now) - t0))s)"
+}
+
+mariadb_stop() {
+    local pid
+    pid="$(mariadb_pid)"
+    if [ -z "$pid" ]; then
+        say "MariaDB is not running"
+        return 0
+    fi
+    say "stopping MariaDB (pid $pid)"
+    mariadb_kill_wait "$pid" "MariaDB"
+    # a clean shutdown removes both; a killed server leaves them
+    if proc_gone "$pid"; then rm -f "$MARIADB_PID" "$MARIADB_SOCK"; fi
+}
+
+mariadb_status() {
+    local pid info
+    pid="$(mariadb_pid)"
+    if [ -n "$pid" ] && info="$(mariadb_check)"; then
+        say "mariadb:  up   127.0.0.1:$MARIADB_PORT pid $pid: $info"
+        return 0
+    fi
+    if [ -n "$pid" ]; then
+        say "mariadb:  starting/unresponsive (127.0.0.1:$MARIADB_PORT, pid $pid): $info; log: $MARIADB_ERR"
+    else
+        say "mariadb:  down (127.0.0.1:$MARIADB_PORT)"
+    fi
+    return 1
+}
+
 # ------------------------------------------------------------------- main
 
 lock() {
@@ -513,31 +830,84 @@ lock() {
     flock -w 600 9 || fail "another services.sh has held $SERVICES_DIR/.lock for 10 minutes"
 }
 
+# pick_services NAME...: sets SVC to the named services in start order (default: all)
+pick_services() {
+    local a want=" "
+    [ $# -gt 0 ] || set -- postgres kafka mariadb
+    for a in "$@"; do
+        case "$a" in
+        postgres | postgresql | pg) want+="postgres " ;;
+        kafka) want+="kafka " ;;
+        mariadb | mysql) want+="mariadb " ;;
+        *) fail "unknown service '$a'" "" "use postgres, kafka or mariadb (or none for all)" ;;
+        esac
+    done
+    SVC=()
+    for a in postgres kafka mariadb; do
+        if [[ "$want" == *" $a "* ]]; then SVC+=("$a"); fi
+    done
+}
+
+summary() {
+    local s out=""
+    for s in "${SVC[@]}"; do
+        case "$s" in
+        postgres) out+=", postgres 127.0.0.1:$PG_PORT" ;;
+        kafka) out+=", kafka $KAFKA_BOOTSTRAP" ;;
+        mariadb) out+=", mariadb 127.0.0.1:$MARIADB_PORT" ;;
+        esac
+    done
+    echo "${out#, }"
+}
+
 cmd="${1:-start}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
 start)
+    pick_services "$@"
     need_root "start services"
     lock
     t_start="$(now)"
-    pg_start
-    kafka_start
-    say "all services up ($(($(now) - t_start))s): postgres 127.0.0.1:$PG_PORT, kafka $KAFKA_BOOTSTRAP"
+    for s in "${SVC[@]}"; do
+        case "$s" in
+        postgres) pg_start ;;
+        kafka) kafka_start ;;
+        mariadb) mariadb_start ;;
+        esac
+    done
+    if [ ${#SVC[@]} -eq 3 ]; then
+        say "all services up ($(($(now) - t_start))s): $(summary)"
+    else
+        say "up ($(($(now) - t_start))s): $(summary)"
+    fi
     ;;
 stop)
+    pick_services "$@"
     need_root "stop services"
     lock
-    kafka_stop
-    pg_stop
+    for ((i = ${#SVC[@]} - 1; i >= 0; i--)); do
+        case "${SVC[$i]}" in
+        postgres) pg_stop ;;
+        kafka) kafka_stop ;;
+        mariadb) mariadb_stop ;;
+        esac
+    done
     ;;
 restart)
-    "$0" stop
-    exec "$0" start
+    pick_services "$@"
+    "$0" stop "$@"
+    exec "$0" start "$@"
     ;;
 status)
+    pick_services "$@"
     rc=0
-    pg_status || rc=3
-    kafka_status || rc=3
+    for s in "${SVC[@]}"; do
+        case "$s" in
+        postgres) pg_status || rc=3 ;;
+        kafka) kafka_status || rc=3 ;;
+        mariadb) mariadb_status || rc=3 ;;
+        esac
+    done
     exit $rc
     ;;
 kafka-topics)
