@@ -34,6 +34,7 @@ OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE = "c", "u", "d", "r", "t"
 # --- positions ---------------------------------------------------------------------------------
 
 _PG_POSITION = struct.Struct(">QBQ")
+_MYSQL_POSITION = struct.Struct(">IQBQI")
 
 
 class Position:
@@ -42,6 +43,7 @@ class Position:
     PostgreSQL: commit LSN (8 bytes), phase (1: 0 snapshot, 1 streaming), sequence in the
     transaction or snapshot (8). A snapshot taken at consistent point L sorts before every change
     committed at or after L, and a later snapshot sorts after everything before it.
+    MySQL/MariaDB: see `Position.mysql`.
     """
 
     SNAPSHOT, STREAM = 0, 1
@@ -53,6 +55,19 @@ class Position:
     @staticmethod
     def postgres_parts(pos: bytes) -> tuple[int, int, int]:
         return _PG_POSITION.unpack(pos)
+
+    @staticmethod
+    def mysql(file_index: int, txn_pos: int, phase: int, sub: int, row: int) -> bytes:
+        """MySQL/MariaDB: binlog file index (4 bytes: 42 for `mysql-bin.000042`), position of the
+        transaction's first event in that file (8), phase (1), then the rows event's position in the
+        file (streaming) or the row's sequence number (snapshot) (8), and the row's index inside its
+        rows event (4). A snapshot taken at binlog position P sorts before the transaction starting
+        at P and after every transaction before it."""
+        return _MYSQL_POSITION.pack(file_index, txn_pos, phase, sub, row)
+
+    @staticmethod
+    def mysql_parts(pos: bytes) -> tuple[int, int, int, int, int]:
+        return _MYSQL_POSITION.unpack(pos)
 
 
 def lsn_to_str(lsn: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 # type -> (config class, implementation class), as "module:attribute".
 SOURCE_TYPES: dict[str, tuple[str, str]] = {
     "postgres": ("lakeward.connectors.postgres.config:PostgresSourceConfig", "lakeward.connectors.postgres.source:PostgresSource"),
+    "mysql": ("lakeward.connectors.mysql.config:MySQLSourceConfig", "lakeward.connectors.mysql.source:MySQLSource"),
 }
 SINK_TYPES: dict[str, tuple[str, str]] = {
     "delta": ("lakeward.sinks.delta.config:DeltaSinkConfig", "lakeward.sinks.delta.sink:DeltaSink"),

@@ -1,0 +1,302 @@
+"""MySQL/MariaDB source: snapshot consistent with a binlog position, then stream the binlog into table topics.
+
+Threading: every blocking call (PyMySQL queries, the snapshot, BinLogStreamReader's socket reads and
+the row decoding) runs in one reader thread (binlog.Reader). It hands this asyncio side batches of
+ready-made events through a bounded queue — the bound is the backpressure — and this side only
+appends them to the producer's record batches, publishes schemas and history entries, and keeps the
+state.
+
+Exactly-once chain, source side: events go out through an idempotent producer (acks=all). The resume
+position — binlog file/position and GTID state after the last whole transaction — is written to the
+compacted state topic `<prefix>.<source>.__state` only after BatchPublisher.flush() saw the broker
+acknowledge every event before it. After a crash the source resumes there (by GTID on MariaDB and on
+MySQL with gtid_mode=ON, else by file/position) and re-publishes the transactions after it with the
+same positions, which sinks drop. The state also says which tables are established in the lake, so a
+fresh worker on another machine neither repeats a finished snapshot nor misses a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from lakeward.connectors.mysql import catalog
+from lakeward.connectors.mysql.binlog import (
+    FINISHED, Announce, Commit, Failed, History, Plan, Reader, SnapshotBegin, SnapshotDone, TableDone, new_epoch,
+)
+from lakeward.connectors.mysql.catalog import Server
+from lakeward.connectors.mysql.config import MySQLSourceConfig
+from lakeward.connectors.mysql.history import SchemaHistory
+from lakeward.connectors.mysql.snapshot import BinlogPoint
+from lakeward.core import broker as kafka
+from lakeward.core.config import BrokerConfig
+from lakeward.core.errors import SourceSetupError
+from lakeward.core.source import Source
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = b"state"
+IDLE_WAKE_S = 0.2
+
+
+@dataclass
+class SourceState:
+    """The document in `<prefix>.<source>.__state` (key `state`)."""
+
+    epoch: str
+    server: str
+    """The binlog's identity (MariaDB server_id / MySQL server_uuid): positions of another server's
+    binlog don't continue these."""
+    resume: BinlogPoint | None = None
+    """Where streaming continues: after the last transaction whose events the broker acknowledged."""
+    tables: dict[str, str] = field(default_factory=dict)
+    """The tables established in the lake: `db.table` -> hex position of their last snapshot (or of
+    their CREATE TABLE, when created while streaming; "" when never snapshotted)."""
+    snapshot_done: bool = False
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"epoch": self.epoch, "server": self.server, "resume": self.resume.to_dict() if self.resume else None,
+                             "tables": dict(sorted(self.tables.items())), "snapshot_done": self.snapshot_done,
+                             "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SourceState:
+        d = orjson.loads(data)
+        tables = d.get("tables") or {}
+        if isinstance(tables, list):
+            tables = {t: "" for t in tables}
+        return cls(d["epoch"], d["server"], BinlogPoint.from_dict(d["resume"]) if d.get("resume") else None, dict(tables),
+                   bool(d.get("snapshot_done")))
+
+
+class MySQLSource(Source):
+    config: MySQLSourceConfig
+
+    def __init__(self, config: MySQLSourceConfig, *, broker: BrokerConfig):
+        super().__init__(config, broker=broker)
+        self.prefix = broker.topic_prefix
+        self.state_topic = f"{self.prefix}.{config.name}.__state"
+        self.history_topic = f"{self.prefix}.{config.name}.__schema_history"
+        self.events_published = 0
+        self.reader: Reader | None = None
+
+    # --- public contract ---------------------------------------------------------------------
+
+    async def check(self) -> None:
+        state = await self._read_state()
+        await asyncio.to_thread(self._check_blocking, state)
+
+    def _check_blocking(self, state: SourceState | None) -> tuple[Server, list[tuple[str, str]]]:
+        cfg = self.config
+        conn = catalog.connect(cfg)
+        try:
+            server = catalog.server_info(conn)
+            catalog.check_setup(conn, cfg, server)
+            tables = catalog.resolve_tables(conn, cfg)
+            catalog.check_select(conn, cfg, tables)
+            engines = catalog.table_engines(conn, tables)
+            for (db, table), engine in engines.items():
+                if engine.lower() not in ("innodb", "rocksdb", "tokudb", ""):
+                    log.warning("source %s: %s.%s uses the %s engine, which has no consistent snapshots: its snapshot may "
+                                "not match the binlog position exactly (use InnoDB)", cfg.name, db, table, engine)
+            if state is not None and state.resume is not None:
+                if state.server != server.identity:
+                    raise SourceSetupError(
+                        f"MySQL at {cfg.where} is not the server this source's positions come from (state: {state.server}, "
+                        f"server: {server.identity}): after a failover, binlog positions don't continue the stored ones. "
+                        f"Rebuild: delete the source's state topic {self.state_topic} and its table topics, drop its lake "
+                        "tables (or give the source a new name), then start it; see docs/mysql.md, Failover")
+                catalog.check_position_available(conn, cfg, state.resume.file, state.resume.pos, self.state_topic)
+            return server, tables
+        finally:
+            conn.close()
+
+    async def status(self) -> dict[str, Any]:
+        cfg = self.config
+        state = await self._read_state()
+
+        def lag() -> dict[str, Any]:
+            conn = catalog.connect(cfg)
+            try:
+                server = catalog.server_info(conn)
+                file, pos, gtid = catalog.master_status(conn, server)
+                sizes = catalog.query(conn, "SHOW BINARY LOGS")
+            finally:
+                conn.close()
+            out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid}
+            if state and state.resume:
+                r = state.resume
+                behind = 0
+                for name, size, *_ in sizes:
+                    if name == r.file:
+                        behind += int(size) - r.pos
+                    elif name > r.file:
+                        behind += int(size)
+                out["lag_bytes"] = max(0, behind)
+            return out
+
+        info: dict[str, Any] = {"source": cfg.name, "type": "mysql", "slot": f"binlog (server_id {cfg.effective_server_id})",
+                                "exists": state is not None}
+        if state is not None:
+            info.update(confirmed_flush_lsn=f"{state.resume.file}:{state.resume.pos}" if state.resume else None,
+                        gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
+                        snapshot_done=state.snapshot_done, active=self.reader is not None and self.reader.is_alive())
+        if self.reader is not None and self.reader.is_alive():
+            st = self.reader.stats
+            info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
+                        events_published=self.events_published)
+        info.update(await asyncio.to_thread(lag))
+        return info
+
+    async def run(self, stop: asyncio.Event) -> None:
+        producer = kafka.producer(self.broker)
+        await kafka.start_client(producer, self.broker)
+        try:
+            async with kafka.Admin(self.broker) as admin:
+                self._producer, self._admin = producer, admin
+                self._publisher = kafka.BatchPublisher(producer)
+                self._schemas = kafka.SchemaPublisher(self.broker, self.config.name, producer, admin)
+                await admin.ensure_topic(self.state_topic, compact=True)
+                await admin.ensure_topic(self.history_topic, compact=True)
+                await self._run(stop)
+        finally:
+            await producer.stop()
+
+    # --- orchestration -----------------------------------------------------------------------
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        state = await self._read_state()
+        server, tables = await asyncio.to_thread(self._check_blocking, state)
+        names = {f"{d}.{t}" for d, t in tables}
+        if state is None or state.resume is None:
+            state = SourceState(new_epoch(), server.identity)
+            log.info("source %s: no stored position; %s", cfg.name,
+                     "taking the initial snapshot" if cfg.snapshot == "initial" else "streaming from the binlog's end (snapshot: never)")
+            if cfg.snapshot == "initial":
+                plan = Plan(tables, None, {}, initial=True)
+            else:
+                state.tables = {n: "" for n in names}
+                plan = Plan([], None, dict(state.tables))
+        else:
+            pending = [(d, t) for d, t in tables if f"{d}.{t}" not in state.tables]
+            if pending and cfg.snapshot == "initial":
+                log.info("source %s: snapshotting %d table(s) not in the lake yet: %s", cfg.name, len(pending),
+                         ", ".join(f"{d}.{t}" for d, t in pending))
+                plan = Plan(pending, state.resume, dict(state.tables))
+            else:
+                state.tables.update({f"{d}.{t}": "" for d, t in pending})
+                plan = Plan([], state.resume, dict(state.tables))
+            log.info("source %s: resuming at %s:%d%s", cfg.name, state.resume.file, state.resume.pos,
+                     f" (GTID {state.resume.gtid})" if state.resume.gtid else "")
+        self._state = state
+        history = SchemaHistory(state.epoch)
+        history.load(await kafka.read_topic(self.broker, self.history_topic))
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        reader = self.reader = Reader(cfg, self.prefix, server, history, plan, lambda: loop.call_soon_threadsafe(wake.set))
+        reader.start()
+        try:
+            await self._consume(reader, wake, stop)
+        finally:
+            reader.stop_flag.set()
+            await asyncio.to_thread(reader.join, 30)
+
+    async def _consume(self, reader: Reader, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        cfg = self.config
+        publisher = self._publisher
+        append = publisher.append
+        send_open = getattr(publisher, "send_open", None) or publisher.flush
+        out = reader.out
+        pending: Commit | None = None
+        last_checkpoint = time.monotonic()
+        stopping = False
+        while True:
+            if stop.is_set() and not stopping:
+                stopping = True
+                reader.stop_flag.set()
+            try:
+                batch = out.get_nowait()
+            except queue.Empty:
+                wake.clear()
+                try:
+                    batch = out.get_nowait()
+                except queue.Empty:
+                    try:
+                        await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
+                    except asyncio.TimeoutError:
+                        pass
+                    batch = None
+            if batch is not None:
+                n = 0
+                for item in batch:
+                    if type(item) is tuple:
+                        append(*item)
+                        n += 1
+                        continue
+                    if publisher.has_full:
+                        await publisher.send_full()
+                    if isinstance(item, Commit):
+                        pending = item
+                    elif isinstance(item, Announce):
+                        await self._schemas.publish(item.info.schema)
+                        await self._admin.ensure_topic(item.info.topic)
+                    elif isinstance(item, History):
+                        await (await self._producer.send(self.history_topic, key=item.entry.key, value=item.entry.to_json()))
+                    elif isinstance(item, SnapshotBegin):
+                        if self._state.resume is None:
+                            # The stream starts at the first snapshot's point, also if it restarts.
+                            self._state.resume = item.point
+                            await self._write_state()
+                    elif isinstance(item, TableDone):
+                        await publisher.flush()
+                        self._state.tables[item.table] = item.pos
+                        await self._write_state()
+                    elif isinstance(item, SnapshotDone):
+                        await publisher.flush()
+                        self._state.snapshot_done = True
+                        self._state.tables.update(item.tables)
+                        await self._write_state()
+                    elif isinstance(item, Failed):
+                        raise item.error
+                    elif item is FINISHED:
+                        await self._checkpoint(pending)
+                        return
+                self.events_published += n
+                if publisher.has_full:
+                    await publisher.send_full()
+                if n and out.empty():
+                    # Caught up: send partly filled batches now rather than at the next checkpoint.
+                    await send_open()
+            now = time.monotonic()
+            if pending is not None and (now - last_checkpoint >= cfg.status_interval_s or stopping):
+                if pending.resume != self._state.resume or pending.tables != self._state.tables:
+                    await self._checkpoint(pending)
+                last_checkpoint = now
+
+    async def _checkpoint(self, commit: Commit | None) -> None:
+        """Wait for the broker to acknowledge everything handed over, then store the resume position."""
+        await self._publisher.flush()
+        if commit is not None:
+            self._state.resume = commit.resume
+            self._state.tables = dict(commit.tables)
+            await self._write_state()
+
+    # --- state topic -------------------------------------------------------------------------
+
+    async def _write_state(self) -> None:
+        await (await self._producer.send(self.state_topic, key=STATE_KEY, value=self._state.to_json()))
+
+    async def _read_state(self) -> SourceState | None:
+        state = None
+        for r in await kafka.read_topic(self.broker, self.state_topic):
+            if r.key == STATE_KEY:
+                state = SourceState.from_json(r.value) if r.value else None
+        return state
+

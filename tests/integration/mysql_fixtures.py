@@ -1,0 +1,154 @@
+"""Fixtures and helpers for tests against the real MariaDB that `make services` starts.
+
+LAKEWARD_TEST_MYSQL_URL (default mysql://lakeward:lakeward@127.0.0.1:3306) names the server; the
+user needs replication privileges and may create databases. Each test gets its own database and a
+random replica server_id (two sources with one server_id would disconnect each other).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pymysql
+import pymysql.cursors
+import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from .conftest import BROKER
+
+MYSQL_URL = os.environ.get("LAKEWARD_TEST_MYSQL_URL", "mysql://lakeward:lakeward@127.0.0.1:3306")
+_u = urlparse(MYSQL_URL)
+MYSQL = dict(host=_u.hostname or "127.0.0.1", port=_u.port or 3306, user=unquote(_u.username or "lakeward"),
+             password=unquote(_u.password or ""))
+
+
+def connect(**kw: Any) -> pymysql.Connection:
+    return pymysql.connect(**MYSQL, autocommit=True, charset="utf8mb4", init_command="SET time_zone = '+00:00'", **kw)
+
+
+def msql(*statements: str, args: Any = None, db: str | None = None) -> None:
+    conn = connect(database=db) if db else connect()
+    try:
+        with conn.cursor() as cur:
+            for s in statements:
+                cur.execute(s, args)
+    finally:
+        conn.close()
+
+
+def mquery(statement: str, args: Any = None, db: str | None = None) -> list[tuple]:
+    conn = connect(database=db) if db else connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mysql_db():
+    """A fresh database for one test; dropped afterwards."""
+    name = f"lw_{uuid.uuid4().hex[:10]}"
+    msql(f"CREATE DATABASE `{name}`")
+    yield name
+    msql(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def server_id() -> int:
+    return random.randint(2_000_000, 3_000_000)
+
+
+def write_mysql_config(path: Path, *, db: str, prefix: str, lake: Path, mode: str = "mirror", tables: str | None = None,
+                       extra_source: str = "", extra_sink: str = "", sink_name: str = "lake", sid: int | None = None) -> Path:
+    path.write_text(
+        f"""\
+broker:
+  bootstrap_servers: {BROKER}
+  topic_prefix: {prefix}
+lake:
+  uri: {lake}
+sources:
+  - name: legacy
+    type: mysql
+    host: {MYSQL['host']}
+    port: {MYSQL['port']}
+    user: {MYSQL['user']}
+    password: {MYSQL['password']}
+    tables: [{tables or db + '.*'}]
+    server_id: {sid or server_id()}
+    status_interval_s: 0.2
+    heartbeat_interval_s: 0.5
+{extra_source}sinks:
+  - name: {sink_name}
+    type: delta
+    sources: [legacy]
+    mode: {mode}
+    batch_interval_s: 0.2
+{extra_sink}"""
+    )
+    return path
+
+
+# --- comparing the lake with the source -----------------------------------------------------------
+
+
+def mysql_rows(db: str, table: str, key: str = "id", booleans: tuple[str, ...] = ()) -> list[dict]:
+    conn = connect(cursorclass=pymysql.cursors.DictCursor)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM `{db}`.`{table}` ORDER BY `{key}`")
+            rows = list(cur.fetchall())
+    finally:
+        conn.close()
+    for r in rows:
+        for b in booleans:
+            if r.get(b) is not None:
+                r[b] = bool(r[b])
+    return rows
+
+
+def lake_table(lake: Path, db: str, table: str, source: str = "legacy") -> DeltaTable | None:
+    try:
+        return DeltaTable(str(lake / source / db / table))
+    except TableNotFoundError:
+        return None
+
+
+def lake_rows(lake: Path, db: str, table: str, key: str = "id", *, metadata: bool = False) -> list[dict] | None:
+    dt = lake_table(lake, db, table)
+    if dt is None:
+        return None
+    rows = dt.to_pyarrow_table().to_pylist()
+    if not metadata:
+        rows = [{k: v for k, v in r.items() if not k.startswith("_lakeward_")} for r in rows]
+    return sorted(rows, key=lambda r: r[key])
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return a == b
+    return a == b
+
+
+def lake_equals_mysql(db: str, lake: Path, table: str, key: str = "id", *, dropped: tuple[str, ...] = (),
+                      booleans: tuple[str, ...] = ()) -> bool | str:
+    """True when equal; else a short description of the first difference (for wait_until messages)."""
+    want = mysql_rows(db, table, key, booleans)
+    got = lake_rows(lake, db, table, key)
+    if got is None:
+        return f"no lake table for {db}.{table} yet"
+    got = [{k: v for k, v in r.items() if k not in dropped} for r in got]
+    if len(got) != len(want):
+        return f"{table}: lake has {len(got)} rows, source {len(want)}"
+    for g, w in zip(got, want):
+        if set(g) != set(w) or any(not _same(g[k], w[k]) for k in w):
+            return f"{table}: first differing row: lake {g} != source {w}"
+    return True
