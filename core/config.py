@@ -75,7 +75,7 @@ class LakewardConfig(Model):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     """Where the Delta tables live."""
     sources: list[Any] = Field(default_factory=list)
-    """Databases to capture (`type: postgres`)."""
+    """Databases to capture (`type: postgres` or `type: mysql`)."""
     sinks: list[Any] = Field(default_factory=list)
     """Consumers that write the lake (`type: delta`)."""
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from typing import Any
 
 from lakeward.core import registry
@@ -15,6 +16,7 @@ from lakeward.core.errors import LakewardError, TerminalError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+HEALTHY_RUN_S = 60.0
 GC_THRESHOLD = (50_000, 20, 20)
 
 
@@ -48,6 +50,7 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
     name = f"{type(worker).__name__}({worker.config.name})"
     backoff = 1.0
     while not stop.is_set():
+        started = time.monotonic()
         try:
             await worker.run(stop)
             return
@@ -59,6 +62,8 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
             log.warning("%s: %s; retrying in %.0fs", name, e, backoff)
         except Exception as e:  # noqa: BLE001 - a driver error we don't classify yet: retry, but say so
             log.exception("%s failed (%s); retrying in %.0fs", name, e.__class__.__name__, backoff)
+        if time.monotonic() - started > HEALTHY_RUN_S:
+            backoff = 1.0  # it ran fine for a while: this is a new failure, not the same one again
         try:
             await asyncio.wait_for(stop.wait(), backoff)
         except asyncio.TimeoutError:
