@@ -212,7 +212,7 @@ class MySQLSource(Source):
         cfg = self.config
         publisher = self._publisher
         append = publisher.append
-        send_open = getattr(publisher, "send_open", None) or publisher.flush
+        send_open = publisher.send_open
         out = reader.out
         pending: Commit | None = None
         last_checkpoint = time.monotonic()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,7 @@ from psycopg.types.string import TextLoader
 from lakeward.connectors.postgres import catalog, pgoutput
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
-from lakeward.connectors.postgres.replication import Keepalive, ReplicationConnection, XLogData, get_slot
+from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, get_slot, keepalive, xlog_start
 from lakeward.connectors.postgres.types import Converter
 from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
@@ -39,6 +41,22 @@ log = logging.getLogger(__name__)
 TRUNCATE_KEY = b"{}"
 STATE_KEY = b"snapshot"
 VERSION = "0.1.0"
+LINGER_S = 0.02
+"""Streamed events wait at most about this long in a partly filled batch before it goes to the broker
+(full batches go at once); without it they waited for a full batch or the next confirm."""
+
+# The envelope is built from pre-encoded parts: the same bytes as orjson.dumps({"before": ...,
+# "after": ..., "source": ..., "op": ..., "ts_ms": ...}) (orjson writes no whitespace, so a nested
+# value's JSON is exactly its own dumps()), at a third of the cost. `source` is encoded once per table
+# and transaction up to its last field, `lsn`, the only one that changes from event to event.
+_ENVELOPE = b'{"before":%b,"after":%b,"source":%b%d},"op":"%b","ts_ms":%d}'
+_NULL = b"null"
+_LSN_PLACEHOLDER = b'"lsn":0}'
+_C, _U, _D, _R, _T = (op.encode() for op in (OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE))
+_PG_POSITION = struct.Struct(">QBQ")  # Position.postgres(lsn, phase, seq), inlined on the hot path
+_STREAM = Position.STREAM
+_U32 = struct.Struct(">I")
+_dumps = orjson.dumps
 
 
 @dataclass(slots=True)
@@ -52,6 +70,29 @@ class _Table:
     converters: list[Converter]
     pk: list[str]
     source_base: dict[str, Any]
+    columns: list[tuple[str, Converter]] = field(default_factory=list)
+    """(name, converter) per column, for pgoutput.decode_row."""
+    key: Callable[[dict[str, Any]], bytes] = orjson.dumps
+    """The event key of a row: its primary key columns as JSON (the whole row without a key)."""
+    schema_header: tuple[str, bytes] = ("", b"")
+
+    def __post_init__(self) -> None:
+        self.columns = list(zip(self.names, self.converters))
+        self.schema_header = (SCHEMA_HEADER, self.schema_id)
+        pk = list(self.pk)
+        if len(pk) == 1:
+            (k0,) = pk
+            self.key = lambda row: _dumps({k0: row.get(k0)})
+        elif pk:
+            self.key = lambda row: _dumps({k: row.get(k) for k in pk})
+        else:
+            self.key = _dumps
+
+    def source_head(self, ts_ms: int, snapshot: str, tx_id: int | None) -> bytes:
+        """The envelope's `source` as JSON up to `"lsn":` (the event appends the LSN and `}`)."""
+        head = _dumps({**self.source_base, "ts_ms": ts_ms, "snapshot": snapshot, "txId": tx_id, "lsn": 0})
+        assert head.endswith(_LSN_PLACEHOLDER)
+        return head[:-2]
 
 
 @dataclass
@@ -81,6 +122,8 @@ class PostgresSource(Source):
         self._confirmed = 0
         self.events_published = 0
         self._db = ""
+        self._now_ms = 0
+        """Processing time (the envelope's ts_ms): read once per batch of messages, not per event."""
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -217,11 +260,6 @@ class PostgresSource(Source):
         base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
         return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base)
 
-    def _old_row(self, t: _Table, values: list, full: bool) -> dict[str, Any]:
-        """The old row of an UPDATE/DELETE: whole (REPLICA IDENTITY FULL) or its key columns only."""
-        row = self._row(t, values)
-        return row if full or not t.pk else {k: row.get(k) for k in t.pk}
-
     @staticmethod
     def _row(t: _Table, values: list, base: dict[str, Any] | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -237,12 +275,10 @@ class PostgresSource(Source):
                 row[name] = conv(v)
         return row
 
-    def _key(self, t: _Table, row: dict[str, Any]) -> bytes:
-        return orjson.dumps({k: row.get(k) for k in t.pk} if t.pk else row)
-
-    def _emit(self, t: _Table, op: str, key: bytes, before: Any, after: Any, source: dict[str, Any], pos: bytes) -> None:
-        value = orjson.dumps({"before": before, "after": after, "source": source, "op": op, "ts_ms": int(time.time() * 1000)})
-        self._publisher.append(t.topic, key, value, [(POSITION_HEADER, pos), (SCHEMA_HEADER, t.schema_id)])
+    def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes) -> None:
+        """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event."""
+        value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
+        self._publisher.append(t.topic, key, value, [(POSITION_HEADER, pos), t.schema_header])
         self.events_published += 1
 
     # --- snapshot ----------------------------------------------------------------------------
@@ -262,11 +298,11 @@ class PostgresSource(Source):
     async def _snapshot_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> None:
         relid, columns = await catalog.table_columns(conn, schema, table)
         t = await self._table(conn, relid, schema, table, columns)
-        ts_ms = int(time.time() * 1000)
-        source = {**t.source_base, "ts_ms": ts_ms, "snapshot": "true", "txId": None, "lsn": lsn}
+        ts_ms = self._now_ms = int(time.time() * 1000)
+        head = t.source_head(ts_ms, "true", None)
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
         seq = 0
-        self._emit(t, OP_TRUNCATE, TRUNCATE_KEY, None, None, {**source, "snapshot": "first"}, Position.postgres(lsn, Position.SNAPSHOT, seq))
+        self._emit(t, _T, TRUNCATE_KEY, None, None, t.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
         select = ", ".join(psycopg.sql.Identifier(c[0]).as_string(None) for c in columns)
         rel = f"{psycopg.sql.Identifier(schema).as_string(None)}.{psycopg.sql.Identifier(table).as_string(None)}"
         started, rows = time.monotonic(), 0
@@ -277,10 +313,11 @@ class PostgresSource(Source):
             for d in cur.description or ():
                 cur.adapters.register_loader(d.type_code, TextLoader)
             while batch := await cur.fetchmany(self.config.snapshot_fetch_rows):
+                self._now_ms = int(time.time() * 1000)
                 for values in batch:
                     seq += 1
                     row = self._row(t, list(values))
-                    self._emit(t, OP_READ, self._key(t, row), None, row, source, Position.postgres(lsn, Position.SNAPSHOT, seq))
+                    self._emit(t, _R, t.key(row), None, row, head, lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
                 rows += len(batch)
                 if self._publisher.has_full:
                     await self._publisher.send_full()
@@ -293,6 +330,7 @@ class PostgresSource(Source):
         repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
         self._relations.clear()
         self._confirmed = max(self._confirmed, start_lsn)
+        publisher = self._publisher
         try:
             await repl.start(cfg.slot_name, start_lsn, cfg.publication_name)
             log.info("source %s: streaming from %s", cfg.name, lsn_to_str(start_lsn))
@@ -300,39 +338,60 @@ class PostgresSource(Source):
             in_txn = False
             now = time.monotonic()
             last_status = last_refresh = last_data = now
-            txn_lsn = seq = xid = commit_ms = 0
+            txn = _Txn()
+            waiting_since: float | None = None  # since when events wait in partly filled batches
+            sent_mark = publisher.appended
             while not stop.is_set():
-                msg = await repl.read(timeout=0.2)
-                if isinstance(msg, XLogData):
-                    m = pgoutput.decode(msg.payload)
-                    if isinstance(m, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
-                        seq = self._change(m, txn_lsn, seq, xid, commit_ms, msg.wal_start)
-                        if self._publisher.has_full:
-                            await self._publisher.send_full()
-                    elif isinstance(m, pgoutput.Begin):
-                        in_txn, txn_lsn, seq, xid = True, m.final_lsn, 0, m.xid
-                        commit_ms = (m.commit_ts_us + PG_EPOCH_US) // 1000
-                    elif isinstance(m, pgoutput.Commit):
-                        in_txn, safe_lsn = False, m.end_lsn
-                    elif isinstance(m, pgoutput.Relation):
-                        cols = [(c.name, c.type_oid, c.typmod) for c in m.columns]
-                        self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
-                    elif isinstance(m, pgoutput.Truncate):
-                        for relid in m.relids:
-                            seq += 1
-                            t = self._relations[relid]
-                            source = {**t.source_base, "ts_ms": commit_ms, "snapshot": "false", "txId": xid, "lsn": msg.wal_start}
-                            self._emit(t, OP_TRUNCATE, TRUNCATE_KEY, None, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
-                    last_data = time.monotonic()
-                elif isinstance(msg, Keepalive):
-                    if not in_txn:
-                        safe_lsn = max(safe_lsn, msg.wal_end)
-                    if msg.reply_requested:
-                        await repl.send_status(self._confirmed)
+                timeout = 0.2 if waiting_since is None else max(0.0, LINGER_S - (time.monotonic() - waiting_since))
+                batch = await repl.read_batch(timeout=timeout)
+                if batch:
+                    self._now_ms = int(time.time() * 1000)
+                    data = False
+                    for buf in batch:
+                        if buf[0] == 107:  # 'k' keepalive
+                            ka = keepalive(buf)
+                            if not in_txn:
+                                safe_lsn = max(safe_lsn, ka.wal_end)
+                            if ka.reply_requested:
+                                await repl.send_status(self._confirmed)
+                            continue
+                        data = True
+                        tag = buf[XLOG_PAYLOAD]
+                        if tag == 73 or tag == 85 or tag == 68:  # Insert, Update, Delete: the hot path
+                            self._change(buf, tag, txn)
+                            continue
+                        m = pgoutput.decode(buf[XLOG_PAYLOAD:])
+                        if isinstance(m, pgoutput.Begin):
+                            in_txn = True
+                            txn.begin(m.final_lsn, m.xid, (m.commit_ts_us + PG_EPOCH_US) // 1000)
+                        elif isinstance(m, pgoutput.Commit):
+                            in_txn, safe_lsn = False, m.end_lsn
+                        elif isinstance(m, pgoutput.Relation):
+                            cols = [(c.name, c.type_oid, c.typmod) for c in m.columns]
+                            self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
+                            txn.heads.pop(m.relid, None)
+                        elif isinstance(m, pgoutput.Truncate):
+                            lsn = xlog_start(buf)
+                            for relid in m.relids:
+                                txn.seq += 1
+                                t = self._relations[relid]
+                                self._emit(t, _T, TRUNCATE_KEY, None, None, txn.head(t, relid), lsn,
+                                           _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                    if data:
+                        last_data = time.monotonic()
+                    if publisher.has_full:
+                        await publisher.send_full()
                 now = time.monotonic()
+                if waiting_since is None:
+                    if publisher.appended != sent_mark:
+                        waiting_since = now
+                elif now - waiting_since >= LINGER_S:
+                    await publisher.send_open()
+                    waiting_since, sent_mark = None, publisher.appended
                 if now - last_status >= cfg.status_interval_s:
                     await self._confirm(repl, safe_lsn)
                     last_status = now
+                    waiting_since, sent_mark = None, publisher.appended
                 if cfg.heartbeat_interval_s and now - last_data >= cfg.heartbeat_interval_s:
                     await self._heartbeat()
                     last_data = now
@@ -362,28 +421,61 @@ class PostgresSource(Source):
             log.warning("source %s: heartbeat failed (%s); disabling heartbeats", self.config.name, str(e).strip())
             self.config = self.config.model_copy(update={"heartbeat_interval_s": 0})
 
-    def _change(self, m: Any, txn_lsn: int, seq: int, xid: int, commit_ms: int, lsn: int) -> int:
-        t = self._relations[m.relid]
-        source = {**t.source_base, "ts_ms": commit_ms, "snapshot": "false", "txId": xid, "lsn": lsn}
-        if isinstance(m, pgoutput.Insert):
-            row = self._row(t, m.new)
-            seq += 1
-            self._emit(t, OP_CREATE, self._key(t, row), None, row, source, Position.postgres(txn_lsn, Position.STREAM, seq))
-        elif isinstance(m, pgoutput.Update):
-            before = self._old_row(t, m.old, m.old_full) if m.old is not None else None
-            after = self._row(t, m.new, before)
+    def _change(self, buf: bytes, tag: int, txn: _Txn) -> None:
+        """One Insert/Update/Delete, decoded from the raw XLogData buffer into events.
+
+        pgoutput layout after the tag byte (at XLOG_PAYLOAD): relid (4), then 'N' + new tuple
+        (Insert); ['K'|'O' + old tuple] + 'N' + new tuple (Update); 'K'|'O' + old tuple (Delete).
+        """
+        lsn = xlog_start(buf)
+        (relid,) = _U32.unpack_from(buf, XLOG_PAYLOAD + 1)
+        t = self._relations[relid]
+        head = txn.heads.get(relid) or txn.head(t, relid)
+        columns = t.columns
+        pos = XLOG_PAYLOAD + 5
+        if tag == 73:  # 'I'
+            row, _ = pgoutput.decode_row(buf, pos + 1, columns)
+            txn.seq += 1
+            self._emit(t, _C, t.key(row), None, row, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+        elif tag == 85:  # 'U'
+            before = None
+            kind = buf[pos]
+            if kind == 75 or kind == 79:  # 'K' key columns or 'O' the whole old row
+                old, pos = pgoutput.decode_row(buf, pos + 1, columns)
+                before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
+            after, _ = pgoutput.decode_row(buf, pos + 1, columns, before)  # 'N'
             if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
                 # A primary-key change is a delete of the old key and a create of the new one (as Debezium).
                 old_key = {k: before.get(k) for k in t.pk}
-                seq += 1
-                self._emit(t, OP_DELETE, orjson.dumps(old_key), before, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
-                seq += 1
-                self._emit(t, OP_CREATE, self._key(t, after), None, after, source, Position.postgres(txn_lsn, Position.STREAM, seq))
+                txn.seq += 1
+                self._emit(t, _D, _dumps(old_key), before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                txn.seq += 1
+                self._emit(t, _C, t.key(after), None, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
             else:
-                seq += 1
-                self._emit(t, OP_UPDATE, self._key(t, after), before, after, source, Position.postgres(txn_lsn, Position.STREAM, seq))
-        else:
-            before = self._old_row(t, m.old, m.old_full)
-            seq += 1
-            self._emit(t, OP_DELETE, self._key(t, before), before, None, source, Position.postgres(txn_lsn, Position.STREAM, seq))
-        return seq
+                txn.seq += 1
+                self._emit(t, _U, t.key(after), before, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+        else:  # 'D'
+            kind = buf[pos]
+            old, _ = pgoutput.decode_row(buf, pos + 1, columns)
+            before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
+            txn.seq += 1
+            self._emit(t, _D, t.key(before), before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+
+
+class _Txn:
+    """The transaction being streamed: commit LSN, sequence of its events, and per table the
+    envelope's `source` encoded once (see _Table.source_head)."""
+
+    __slots__ = ("lsn", "seq", "xid", "commit_ms", "heads")
+
+    def __init__(self) -> None:
+        self.lsn = self.seq = self.xid = self.commit_ms = 0
+        self.heads: dict[int, bytes] = {}
+
+    def begin(self, final_lsn: int, xid: int, commit_ms: int) -> None:
+        self.lsn, self.seq, self.xid, self.commit_ms = final_lsn, 0, xid, commit_ms
+        self.heads.clear()
+
+    def head(self, t: _Table, relid: int) -> bytes:
+        head = self.heads[relid] = t.source_head(self.commit_ms, "false", self.xid)
+        return head
