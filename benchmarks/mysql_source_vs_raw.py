@@ -1,4 +1,7 @@
-"""The source keeps up with the library it is built on.
+"""Benchmark: the MySQL source against the library it is built on (not part of `make test`).
+
+    .venv/bin/pytest -s -p no:cacheprovider benchmarks/mysql_source_vs_raw.py
+
 
 200k rows are inserted while the source streams; the source's rate (binlog -> envelopes -> broker
 acknowledged) is compared with pymysqlreplication's own raw decode rate (BinLogStreamReader, every
@@ -19,8 +22,8 @@ from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.source import MySQLSource
 from lakeward.core.config import BrokerConfig
 
-from .conftest import BROKER
-from .mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
+from tests.integration.conftest import BROKER, prefix  # noqa: F401 (fixture)
+from tests.integration.mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
