@@ -260,21 +260,6 @@ class PostgresSource(Source):
         base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
         return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base)
 
-    @staticmethod
-    def _row(t: _Table, values: list, base: dict[str, Any] | None = None) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        for name, conv, v in zip(t.names, t.converters, values):
-            if v is None:
-                row[name] = None
-            elif v is UNCHANGED:
-                # An unchanged TOASTed value was not sent: leave the column out (never a placeholder),
-                # unless the old row (REPLICA IDENTITY FULL) carries it.
-                if base is not None and name in base:
-                    row[name] = base[name]
-            else:
-                row[name] = conv(v)
-        return row
-
     def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes) -> None:
         """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event."""
         value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
@@ -316,7 +301,7 @@ class PostgresSource(Source):
                 self._now_ms = int(time.time() * 1000)
                 for values in batch:
                     seq += 1
-                    row = self._row(t, list(values))
+                    row = pgoutput.convert_row(list(values), t.columns)
                     self._emit(t, _R, t.key(row), None, row, head, lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
                 rows += len(batch)
                 if self._publisher.has_full:
