@@ -168,7 +168,8 @@ async def run_demo(seconds: float) -> int:
     stop.set()
     code = await runner
     ok = compare(shop, config_path) and code == 0
-    console.print(f"\nquery the lake:  lakeward -c {config_path} query \"SELECT status, count(*) FROM shop.public.orders GROUP BY 1\"")
+    cli = Path(sys.executable).parent / "lakeward"
+    console.print(f"\nquery the lake:  {cli} -c {config_path} query \"SELECT status, count(*) FROM shop.public.orders GROUP BY 1\"")
     console.print("[bold green]lake == source[/]" if ok else "[bold red]lake != source[/]")
     return 0 if ok else 1
 
