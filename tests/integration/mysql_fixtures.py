@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -19,8 +18,8 @@ import pymysql
 import pymysql.cursors
 import pytest
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
+from . import lakecheck
 from .conftest import BROKER
 
 MYSQL_URL = os.environ.get("LAKEWARD_TEST_MYSQL_URL", "mysql://lakeward:lakeward@127.0.0.1:3306")
@@ -116,26 +115,11 @@ def mysql_rows(db: str, table: str, key: str = "id", booleans: tuple[str, ...] =
 
 
 def lake_table(lake: Path, db: str, table: str, source: str = "legacy") -> DeltaTable | None:
-    try:
-        return DeltaTable(str(lake / source / db / table))
-    except TableNotFoundError:
-        return None
+    return lakecheck.lake_table(lake, f"{db}.{table}", source)
 
 
 def lake_rows(lake: Path, db: str, table: str, key: str = "id", *, metadata: bool = False) -> list[dict] | None:
-    dt = lake_table(lake, db, table)
-    if dt is None:
-        return None
-    rows = dt.to_pyarrow_table().to_pylist()
-    if not metadata:
-        rows = [{k: v for k, v in r.items() if not k.startswith("_lakeward_")} for r in rows]
-    return sorted(rows, key=lambda r: r[key])
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Decimal) and isinstance(b, Decimal):
-        return a == b
-    return a == b
+    return lakecheck.lake_rows(lake, f"{db}.{table}", key, source="legacy", metadata=metadata)
 
 
 def lake_equals_mysql(db: str, lake: Path, table: str, key: str = "id", *, dropped: tuple[str, ...] = (),
@@ -149,6 +133,6 @@ def lake_equals_mysql(db: str, lake: Path, table: str, key: str = "id", *, dropp
     if len(got) != len(want):
         return f"{table}: lake has {len(got)} rows, source {len(want)}"
     for g, w in zip(got, want):
-        if set(g) != set(w) or any(not _same(g[k], w[k]) for k in w):
+        if set(g) != set(w) or any(g[k] != w[k] for k in w):
             return f"{table}: first differing row: lake {g} != source {w}"
     return True
