@@ -165,6 +165,15 @@ class Lab:
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last result {last!r}")
 
+    async def until_committed(self, sink: Any, offset: int, timeout: float = 20.0) -> None:
+        """Wait until every writer of `sink` has recorded its commit through `offset`.
+
+        Rows are visible in the Delta table a moment before the writer notes the commit in memory,
+        so a test that reads `status()` right after the rows appear must wait for this too.
+        """
+        await self.until(lambda: [w.committed_offset for w in sink._writers.values()] == [offset] * len(sink._writers)
+                         and bool(sink._writers), timeout, what=f"writers committed through offset {offset}")
+
     async def until_rows(self, ts: TableSchema, expected: list[dict[str, Any]], timeout: float = 20.0,
                          cols: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         try:

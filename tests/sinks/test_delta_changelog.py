@@ -32,6 +32,7 @@ async def test_changelog_appends_every_event_with_its_metadata(lab):
     await lab.publish(t, [upd({"id": 2, "small": "REPEAT"}, pos=pos[4])])  # a repeat: dropped
     async with lab.sink(mode="changelog") as sink:
         await lab.until(lambda: len(lab.rows(t)) == 5, what="5 rows")
+        await lab.until_committed(sink, 5)
         status = (await sink.status())["tables"][0]
     rows = lab.rows(t, sort=("_lakeward_offset",))
     assert [(r["_lakeward_offset"], r["_lakeward_op"], r["id"], r["small"], r["big"], r["_lakeward_unchanged"]) for r in rows] == [
@@ -181,6 +182,7 @@ async def test_a_writer_that_finds_another_txn_in_the_table_resumes_after_it(lab
         assert (await asyncio.to_thread(zombie.commit, Plan("append", rows, events=5), expected=9, txn=14, position=None, first=10)).ok
         await lab.publish(t, [ins({"id": i, "v": "y"}) for i in range(10, 20)])
         await lab.until(lambda: len(lab.rows(t)) == 16, what="16 rows")
+        await lab.until_committed(sink, 19)
         assert (await sink.status())["tables"][0]["committed_offset"] == 19
     offsets = [r["_lakeward_offset"] for r in lab.rows(t, sort=("_lakeward_offset",))]
     assert offsets == [-1] + list(range(10)) + list(range(15, 20))

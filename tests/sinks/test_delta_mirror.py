@@ -45,6 +45,7 @@ async def test_inserts_updates_deletes_with_metadata_and_offsets_in_the_delta_lo
             {"id": 3, "name": "c-again", "amount": Decimal("3.30"), "at": None},
             {"id": 4, "name": "d", "amount": Decimal("4.00"), "at": None},
         ])
+        await lab.until_committed(sink, 8)
         status = await sink.status()
 
     meta = {r["id"]: (r["_lakeward_op"], r["_lakeward_position"], r["_lakeward_committed_at"]) for r in rows}
@@ -96,6 +97,7 @@ async def test_duplicates_with_old_positions_are_dropped_also_after_a_restart(la
     await lab.publish(t, [ins({"id": 2, "name": "REPEATED"}, pos=p[1])])
     async with lab.sink() as sink:
         await lab.until_rows(t, [{"id": 1, "name": "x"}, {"id": 2, "name": "b"}])
+        await lab.until_committed(sink, 3)
         assert (await sink.status())["tables"][0]["duplicates_dropped"] == 1
 
     # The source restarts and publishes old events again (with old positions), then a new one.
@@ -104,6 +106,7 @@ async def test_duplicates_with_old_positions_are_dropped_also_after_a_restart(la
                           upd({"id": 2, "name": "new"})])
     async with lab.sink() as sink:
         await lab.until_rows(t, [{"id": 1, "name": "x"}, {"id": 2, "name": "new"}])
+        await lab.until_committed(sink, 6)
         status = (await sink.status())["tables"][0]
     assert status["duplicates_dropped"] == 2
     assert status["committed_offset"] == 6
