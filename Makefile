@@ -1,5 +1,5 @@
 # Lakeward developer entry points. Everything runs as root on Debian 12:
-#   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB on 127.0.0.1
+#   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB + MinIO (S3) on 127.0.0.1
 #   make test       services + venv, then the test suite
 # See deploy/local/services.sh for the service details and its environment knobs.
 
@@ -27,6 +27,14 @@ export LAKEWARD_PG_PORT LAKEWARD_KAFKA_PORT LAKEWARD_TEST_PG_DSN LAKEWARD_TEST_B
 LAKEWARD_MARIADB_PORT ?= 3306
 LAKEWARD_TEST_MYSQL_URL ?= mysql://lakeward:lakeward@127.0.0.1:$(LAKEWARD_MARIADB_PORT)
 export LAKEWARD_MARIADB_PORT LAKEWARD_TEST_MYSQL_URL
+# MinIO: services.sh creates the bucket and sets these fixed test credentials.
+LAKEWARD_S3_PORT ?= 9000
+LAKEWARD_S3_BUCKET ?= lakeward-test
+LAKEWARD_TEST_S3_ENDPOINT ?= http://127.0.0.1:$(LAKEWARD_S3_PORT)
+LAKEWARD_TEST_S3_BUCKET ?= $(LAKEWARD_S3_BUCKET)
+LAKEWARD_TEST_S3_KEY ?= lakeward
+LAKEWARD_TEST_S3_SECRET ?= lakeward-secret
+export LAKEWARD_S3_PORT LAKEWARD_S3_BUCKET LAKEWARD_TEST_S3_ENDPOINT LAKEWARD_TEST_S3_BUCKET LAKEWARD_TEST_S3_KEY LAKEWARD_TEST_S3_SECRET
 
 PYTEST_ARGS ?=
 
@@ -53,7 +61,7 @@ test: services venv
 	$(PYTEST) -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 demo: services venv
-	$(PY) -m lakeward.core.demo
+	$(PY) -m lakeward.core.demo deploy/lakeward.yaml
 
 bench: services venv
 	$(PY) benchmarks/pipeline.py

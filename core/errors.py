@@ -38,6 +38,10 @@ class ConnectionFailed(TransientError):
     """A host could not be reached; names host and port."""
 
 
+class LakeStorageError(TerminalError):
+    """The lake's object storage refuses the config (missing bucket, rejected credentials ...); names endpoint and bucket."""
+
+
 class SchemaChangeError(TerminalError):
     """A source schema change the lake table cannot represent; names the table and the column."""
 

@@ -3,9 +3,11 @@
 #   * PostgreSQL 15 (Debian packages), dedicated cluster 15/lakeward, wal_level=logical
 #   * Apache Kafka (KRaft, single combined broker+controller), jars from Maven Central
 #   * MariaDB 10.11 (Debian's mariadb-server), own datadir, row-based binlog for CDC
+#   * MinIO (S3-compatible object storage for S3 lakes), built once with `go install` through the
+#     Go module proxy; test credentials lakeward / lakeward-secret, bucket lakeward-test
 #
 # Usage: deploy/local/services.sh [start|stop|status|restart [SERVICE...]] | kafka-topics ARGS...
-#   SERVICE is postgres, kafka or mariadb; without one, the command covers all three
+#   SERVICE is postgres, kafka, mariadb or s3; without one, the command covers all four
 #   start (default)  install what is missing, then start what is not running (idempotent)
 #   stop             stop the services (data is kept), e.g. services.sh stop mariadb
 #   status           one line per service; exit 0 only when all of them answer
@@ -14,15 +16,18 @@
 #                    services.sh kafka-topics --list
 #
 # Environment (all optional):
-#   LAKEWARD_SERVICES_DIR            Kafka and MariaDB state        (/var/lib/lakeward-services)
+#   LAKEWARD_SERVICES_DIR            Kafka, MariaDB, MinIO state    (/var/lib/lakeward-services)
 #   LAKEWARD_PG_PORT                 PostgreSQL port               (5432)
 #   LAKEWARD_KAFKA_PORT              Kafka client port             (9092)
 #   LAKEWARD_KAFKA_CONTROLLER_PORT   Kafka KRaft controller port   (9093)
 #   LAKEWARD_KAFKA_HEAP              broker heap flags             (-Xms256m -Xmx512m)
 #   LAKEWARD_MARIADB_PORT            MariaDB port                  (3306)
+#   LAKEWARD_S3_PORT                 MinIO S3 API port             (9000)
+#   LAKEWARD_S3_BUCKET               bucket created for the tests  (lakeward-test)
+#   GO                               the go binary that builds MinIO (go on PATH, else /usr/local/go/bin/go)
 #   LAKEWARD_SERVICES_TIMEOUT        seconds to wait for each service to answer (180)
 #
-# Must run as root on Debian 12 (it may apt-get install postgresql-15, a JRE, maven, mariadb-server).
+# Must run as root on Debian 12 (it may apt-get install postgresql-15, a JRE, maven, mariadb-server, curl).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -63,6 +68,26 @@ MARIADB_ERR="$MARIADB_LOGS/mariadbd.err"
 MARIADB_OUT="$MARIADB_LOGS/mariadbd.out"
 MARIADB_USER=lakeward
 MARIADB_PASSWORD=lakeward
+
+# MinIO tags its releases RELEASE.<timestamp>, which is not semver: the Go module proxy refuses
+# those tags ("not available"), so this pins the pseudo-version of one exact commit (master of
+# 2026-02-12). A test-only server: Lakeward neither links nor ships it (MinIO is AGPL-3.0).
+MINIO_MODULE=github.com/minio/minio
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+S3_PORT="${LAKEWARD_S3_PORT:-9000}"
+S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+S3_BUCKET="${LAKEWARD_S3_BUCKET:-lakeward-test}"
+S3_REGION=us-east-1
+S3_ACCESS_KEY=lakeward
+S3_SECRET_KEY=lakeward-secret
+MINIO_HOME="$SERVICES_DIR/minio"
+MINIO_BIN="$MINIO_HOME/bin/minio"
+MINIO_GO="$MINIO_HOME/go"
+MINIO_DATA="$MINIO_HOME/data"
+MINIO_LOGS="$MINIO_HOME/logs"
+MINIO_LOG="$MINIO_LOGS/minio.log"
+MINIO_PID="$MINIO_HOME/minio.pid"
+MINIO_ENV="$MINIO_HOME/minio.env"
 
 # ---------------------------------------------------------------- helpers
 
@@ -822,6 +847,220 @@ mariadb_status() {
     return 1
 }
 
+# --------------------------------------------------------------------- s3
+
+# MinIO comes from source: the Go module proxy is the only place it can be fetched from here. The
+# first build downloads ~250 modules and compiles for about 3 minutes on 2 cores; the binary (and
+# Go's module and build caches) stay under $MINIO_HOME, so later starts take a second.
+
+GO_CMD=""
+find_go() {
+    [ -n "$GO_CMD" ] && return 0
+    local g
+    for g in "${GO:-}" "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go; do
+        if [ -n "$g" ] && [ -x "$g" ]; then
+            GO_CMD="$g"
+            return 0
+        fi
+    done
+    fail "building MinIO needs Go >= 1.21 (it fetches the toolchain MinIO asks for) and no go binary was found" "" \
+        "install Go to /usr/local/go (Debian 12's golang-go 1.19 is too old), or set GO=/path/to/go"
+}
+
+# s3_curl ARGS...: curl signing the request with AWS SigV4 as the test user (no S3 client needed)
+s3_curl() {
+    curl -sS --max-time 5 --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$@"
+}
+
+minio_pid() { cat "$MINIO_PID" 2>/dev/null || true; }
+
+# minio_alive: the pid file names a live minio serving our data dir
+minio_alive() {
+    local pid
+    pid="$(minio_pid)"
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && ! proc_gone "$pid" &&
+        tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$MINIO_DATA"
+}
+
+# minio_live: the S3 API answers its (unauthenticated) liveness probe
+minio_live() { curl -sf --max-time 2 -o /dev/null "$S3_ENDPOINT/minio/health/live" 2>/dev/null; }
+
+# The binary is rebuilt only when MINIO_VERSION changes (the stamp next to it names the module).
+minio_build() {
+    local want="$MINIO_MODULE@$MINIO_VERSION" stamp="$MINIO_HOME/bin/.lakeward-version"
+    if [ -x "$MINIO_BIN" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+    if minio_alive; then
+        say "MINIO_VERSION changed: stopping MinIO to swap its binary"
+        minio_stop
+    fi
+    find_go
+    local t0 tmp="$MINIO_HOME/bin.tmp.$$" log="$MINIO_LOGS/build.log"
+    t0="$(now)"
+    say "building MinIO $MINIO_VERSION with $GO_CMD install (first time only: ~3 minutes; log $log)"
+    rm -rf "$tmp"
+    mkdir -p "$tmp" "$MINIO_GO"
+    # Own GOPATH and caches under the services dir (a rebuild reuses them); -modcacherw keeps the
+    # module cache deletable with rm -rf; CGO off gives a static binary.
+    env GOPATH="$MINIO_GO" GOMODCACHE="$MINIO_GO/pkg/mod" GOCACHE="$MINIO_GO/cache" GOBIN="$tmp" \
+        GOFLAGS="-modcacherw -trimpath" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
+        "$GO_CMD" install "$want" >"$log" 2>&1 9>&- ||
+        {
+            rm -rf "$tmp"
+            fail "go install $want failed" "$log" \
+                "check that $GO_CMD reaches the module proxy ($("$GO_CMD" env GOPROXY 2>/dev/null)), then re-run make services"
+        }
+    [ -x "$tmp/minio" ] || fail "go install ran but left no minio binary in $tmp" "$log"
+    printf '%s\n' "$want" >"$tmp/.lakeward-version"
+    rm -rf "${MINIO_HOME:?}/bin"
+    mv "$tmp" "$MINIO_HOME/bin"
+    say "MinIO built in $(($(now) - t0))s: $MINIO_BIN"
+}
+
+# Renders the environment file; returns 0 when it changed (a running server must restart).
+minio_configure() {
+    local changed=1 tmp="$MINIO_ENV.tmp"
+    # the address is on the command line; it is here too so that a new port counts as a change
+    cat >"$tmp" <<CONF
+# written by deploy/local/services.sh; MinIO listens on 127.0.0.1:$S3_PORT
+MINIO_ROOT_USER=$S3_ACCESS_KEY
+MINIO_ROOT_PASSWORD=$S3_SECRET_KEY
+MINIO_SITE_REGION=$S3_REGION
+MINIO_BROWSER=off
+MINIO_UPDATE=off
+CONF
+    install_file "$tmp" "$MINIO_ENV" root:root 0600 && changed=0
+    rm -f "$tmp"
+    return $changed
+}
+
+minio_launch() {
+    : >"$MINIO_LOG"
+    # setsid + nohup: detached from make's process group and terminal; fd 9 (our lock) closed.
+    # MINIO_BROWSER=off: no web console, so the S3 API is the only listener (MinIO adds [::1] next
+    # to 127.0.0.1 by itself: loopback either way).
+    # shellcheck disable=SC1090 # rendered by minio_configure
+    (cd "$MINIO_HOME" && set -a && . "$MINIO_ENV" && set +a &&
+        exec setsid nohup "$MINIO_BIN" server --address "127.0.0.1:$S3_PORT" "$MINIO_DATA" \
+            </dev/null >>"$MINIO_LOG" 2>&1 9>&-) &
+    local pid=$!
+    disown "$pid" 2>/dev/null || true
+    printf '%s\n' "$pid" >"$MINIO_PID"
+}
+
+# s3_bucket_state: HTTP status of HEAD on the test bucket as the test user (200, 404, 403 ...)
+s3_bucket_state() { s3_curl -o /dev/null -w '%{http_code}' -I "$S3_ENDPOINT/$S3_BUCKET" 2>/dev/null || true; }
+
+# minio_bucket: the test bucket exists (created when missing); fails on rejected credentials
+minio_bucket() {
+    local code out
+    code="$(s3_bucket_state)"
+    case "$code" in
+    200) return 0 ;;
+    404)
+        say "creating bucket $S3_BUCKET"
+        out="$(s3_curl -X PUT -w '\n%{http_code}' "$S3_ENDPOINT/$S3_BUCKET" 2>&1)"
+        [ "$(tail -n1 <<<"$out")" = 200 ] ||
+            fail "creating bucket $S3_BUCKET on $S3_ENDPOINT failed: $out" "$MINIO_LOG" "read the MinIO log above"
+        ;;
+    403)
+        fail "the S3 server on $S3_ENDPOINT rejects the test credentials ($S3_ACCESS_KEY)" "$MINIO_LOG" \
+            "is another S3 server on port $S3_PORT? else 'deploy/local/services.sh restart s3' re-applies $MINIO_ENV"
+        ;;
+    *) fail "HEAD $S3_ENDPOINT/$S3_BUCKET answered ${code:-nothing}" "$MINIO_LOG" "read the MinIO log above" ;;
+    esac
+}
+
+minio_wait_ready() {
+    local deadline=$(($(now) + TIMEOUT))
+    say "waiting for MinIO on $S3_ENDPOINT ..."
+    until minio_live; do
+        if ! minio_alive; then
+            rm -f "$MINIO_PID"
+            fail "MinIO exited during start-up" "$MINIO_LOG" \
+                "read the log above (all logs: $MINIO_LOGS). A broken data dir (throwaway): rm -rf $MINIO_DATA; make services"
+        fi
+        [ "$(now)" -lt "$deadline" ] ||
+            fail "MinIO (pid $(minio_pid)) did not answer on $S3_ENDPOINT within ${TIMEOUT}s" "$MINIO_LOG" \
+                "read the log above; 'deploy/local/services.sh restart s3' retries; LAKEWARD_SERVICES_TIMEOUT raises the wait"
+        sleep 0.2
+    done
+}
+
+minio_start() {
+    local t0 changed=1
+    t0="$(now)"
+    command -v curl >/dev/null || apt_install curl
+    mkdir -p "$MINIO_HOME" "$MINIO_LOGS" "$MINIO_DATA"
+    minio_build
+    minio_configure && changed=0
+
+    if minio_alive; then
+        if [ "$changed" -eq 0 ]; then
+            say "MinIO settings changed: restarting it"
+            minio_stop
+        else
+            minio_live || minio_wait_ready
+            minio_bucket
+            say "MinIO already running on $S3_ENDPOINT (pid $(minio_pid)), bucket $S3_BUCKET"
+            return 0
+        fi
+    fi
+    if [ -f "$MINIO_PID" ]; then
+        say "removing stale MinIO pid file (pid $(minio_pid) is not running)"
+        rm -f "$MINIO_PID"
+    fi
+    if port_open "$S3_PORT"; then
+        fail "port $S3_PORT is held by another process: $(port_owner "$S3_PORT")" "" \
+            "stop that process, or pick another port: LAKEWARD_S3_PORT=$((S3_PORT + 10)) make services (the Makefile derives LAKEWARD_TEST_S3_ENDPOINT from it)"
+    fi
+    say "starting MinIO on $S3_ENDPOINT, data $MINIO_DATA, log $MINIO_LOG"
+    minio_launch
+    minio_wait_ready
+    minio_bucket
+    say "MinIO ready on $S3_ENDPOINT: bucket $S3_BUCKET, user $S3_ACCESS_KEY ($(($(now) - t0))s)"
+}
+
+minio_stop() {
+    if ! minio_alive; then
+        rm -f "$MINIO_PID"
+        say "MinIO is not running"
+        return 0
+    fi
+    local pid i
+    pid="$(minio_pid)"
+    say "stopping MinIO (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        proc_gone "$pid" && break
+        sleep 0.2
+    done
+    if ! proc_gone "$pid"; then
+        warn "MinIO did not stop within 30s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    rm -f "$MINIO_PID"
+}
+
+minio_status() {
+    local code
+    if minio_alive && minio_live; then
+        code="$(s3_bucket_state)"
+        if [ "$code" = 200 ]; then
+            say "s3:       up   $S3_ENDPOINT pid $(minio_pid): MinIO, bucket $S3_BUCKET"
+            return 0
+        fi
+        say "s3:       up   $S3_ENDPOINT pid $(minio_pid), but HEAD bucket $S3_BUCKET answers ${code:-nothing} (make services creates it)"
+        return 1
+    fi
+    if minio_alive; then
+        say "s3:       starting/unresponsive ($S3_ENDPOINT, pid $(minio_pid)); log: $MINIO_LOG"
+    else
+        say "s3:       down ($S3_ENDPOINT)"
+    fi
+    return 1
+}
+
 # ------------------------------------------------------------------- main
 
 lock() {
@@ -833,17 +1072,18 @@ lock() {
 # pick_services NAME...: sets SVC to the named services in start order (default: all)
 pick_services() {
     local a want=" "
-    [ $# -gt 0 ] || set -- postgres kafka mariadb
+    [ $# -gt 0 ] || set -- postgres kafka mariadb s3
     for a in "$@"; do
         case "$a" in
         postgres | postgresql | pg) want+="postgres " ;;
         kafka) want+="kafka " ;;
         mariadb | mysql) want+="mariadb " ;;
-        *) fail "unknown service '$a'" "" "use postgres, kafka or mariadb (or none for all)" ;;
+        s3 | minio) want+="s3 " ;;
+        *) fail "unknown service '$a'" "" "use postgres, kafka, mariadb or s3 (or none for all)" ;;
         esac
     done
     SVC=()
-    for a in postgres kafka mariadb; do
+    for a in postgres kafka mariadb s3; do
         if [[ "$want" == *" $a "* ]]; then SVC+=("$a"); fi
     done
 }
@@ -855,6 +1095,7 @@ summary() {
         postgres) out+=", postgres 127.0.0.1:$PG_PORT" ;;
         kafka) out+=", kafka $KAFKA_BOOTSTRAP" ;;
         mariadb) out+=", mariadb 127.0.0.1:$MARIADB_PORT" ;;
+        s3) out+=", s3 $S3_ENDPOINT (bucket $S3_BUCKET)" ;;
         esac
     done
     echo "${out#, }"
@@ -873,9 +1114,10 @@ start)
         postgres) pg_start ;;
         kafka) kafka_start ;;
         mariadb) mariadb_start ;;
+        s3) minio_start ;;
         esac
     done
-    if [ ${#SVC[@]} -eq 3 ]; then
+    if [ ${#SVC[@]} -eq 4 ]; then
         say "all services up ($(($(now) - t_start))s): $(summary)"
     else
         say "up ($(($(now) - t_start))s): $(summary)"
@@ -890,6 +1132,7 @@ stop)
         postgres) pg_stop ;;
         kafka) kafka_stop ;;
         mariadb) mariadb_stop ;;
+        s3) minio_stop ;;
         esac
     done
     ;;
@@ -906,6 +1149,7 @@ status)
         postgres) pg_status || rc=3 ;;
         kafka) kafka_status || rc=3 ;;
         mariadb) mariadb_status || rc=3 ;;
+        s3) minio_status || rc=3 ;;
         esac
     done
     exit $rc

@@ -61,15 +61,19 @@ def sql(dsn: str, *statements: str, params=None) -> None:
             conn.execute(s, params)
 
 
-def write_config(path: Path, *, dsn: str, prefix: str, lake: Path, mode: str = "mirror", tables: str = "public.*", extra_source: str = "", extra_sink: str = "",
-                 sink_name: str = "lake") -> Path:
+def write_config(path: Path, *, dsn: str, prefix: str, lake: Path | str, mode: str = "mirror", tables: str = "public.*", extra_source: str = "",
+                 extra_sink: str = "", sink_name: str = "lake", lake_options: dict[str, str] | None = None) -> Path:
+    """`lake_options` become `lake.storage_options` (values written verbatim: `${VAR}` works)."""
+    options = "".join(f"\n    {k}: {v}" for k, v in (lake_options or {}).items())
+    if options:
+        options = "\n  storage_options:" + options
     path.write_text(
         f"""\
 broker:
   bootstrap_servers: {BROKER}
   topic_prefix: {prefix}
 lake:
-  uri: {lake}
+  uri: {lake}{options}
 sources:
   - name: shop
     type: postgres

@@ -16,16 +16,18 @@ def source_rows(dsn: str, table: str, key: str = "id") -> list[dict]:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def lake_table(lake: Path, table: str, source: str = "shop") -> DeltaTable | None:
+def lake_table(lake: Path | str, table: str, source: str = "shop", *, storage_options: dict[str, str] | None = None) -> DeltaTable | None:
+    """`lake` is a local path or an object-store URI (`s3://bucket/prefix`, with its storage options)."""
     schema, name = table.split(".") if "." in table else ("public", table)
     try:
-        return DeltaTable(str(lake / source / schema / name))
+        return DeltaTable(f"{str(lake).rstrip('/')}/{source}/{schema}/{name}", storage_options=storage_options)
     except TableNotFoundError:
         return None
 
 
-def lake_rows(lake: Path, table: str, key: str = "id", *, source: str = "shop", metadata: bool = False) -> list[dict] | None:
-    dt = lake_table(lake, table, source)
+def lake_rows(lake: Path | str, table: str, key: str = "id", *, source: str = "shop", metadata: bool = False,
+              storage_options: dict[str, str] | None = None) -> list[dict] | None:
+    dt = lake_table(lake, table, source, storage_options=storage_options)
     if dt is None:
         return None
     rows = dt.to_pyarrow_table().to_pylist()
@@ -34,10 +36,11 @@ def lake_rows(lake: Path, table: str, key: str = "id", *, source: str = "shop", 
     return sorted(rows, key=lambda r: r[key])
 
 
-def lake_equals_source(dsn: str, lake: Path, table: str, key: str = "id", *, dropped: tuple[str, ...] = ()):
+def lake_equals_source(dsn: str, lake: Path | str, table: str, key: str = "id", *, dropped: tuple[str, ...] = (),
+                       storage_options: dict[str, str] | None = None):
     """True when equal; else a short description of the first difference (for wait_until messages)."""
     want = source_rows(dsn, table, key)
-    got = lake_rows(lake, table, key)
+    got = lake_rows(lake, table, key, storage_options=storage_options)
     if got is None:
         return f"no lake table for {table} yet"
     got = [{k: v for k, v in r.items() if k not in dropped} for r in got]
