@@ -7,7 +7,9 @@ creation, and the schema topic that carries each table's exact column types.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -186,8 +188,10 @@ class BatchPublisher:
 
     MAX_UNACKED_BATCHES = 64
 
-    def __init__(self, producer: AIOKafkaProducer):
+    def __init__(self, producer: AIOKafkaProducer, *, on_acked: Callable[[str, int], None] | None = None):
         self._producer = producer
+        self._on_acked = on_acked
+        """Called with (topic, number of events) per batch the broker acknowledged: metrics, per batch."""
         self._open: dict[str, Any] = {}
         self._full: list[tuple[str, Any]] = []
         self._unacked: list[asyncio.Future] = []
@@ -211,12 +215,20 @@ class BatchPublisher:
     async def send_full(self) -> None:
         full, self._full = self._full, []
         for topic, batch in full:
-            self._unacked.append(await self._producer.send_batch(batch, topic, partition=0))
+            n = batch.record_count()
+            fut = await self._producer.send_batch(batch, topic, partition=0)
+            if self._on_acked is not None:
+                fut.add_done_callback(functools.partial(self._acked, topic, n))
+            self._unacked.append(fut)
         if len(self._unacked) > self.MAX_UNACKED_BATCHES:
             # Bound memory: wait for the older half before reading more changes.
             half = len(self._unacked) // 2
             await asyncio.gather(*self._unacked[:half])
             del self._unacked[:half]
+
+    def _acked(self, topic: str, n: int, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._on_acked(topic, n)  # type: ignore[misc]
 
     async def send_open(self) -> None:
         """Hand every batch to the producer now, full or not, without waiting for acknowledgements:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lakeward.core import s3
 from lakeward.core.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "lakeward.yaml"
@@ -51,9 +52,47 @@ class BrokerConfig(Model):
 
 class LakeConfig(Model):
     uri: str = "./lake"
-    """Root of the lake: a local path (or `file://`), tables live at `<uri>/<source>/<schema>/<table>`."""
+    """Root of the lake: a local path (or `file://`) or `s3://bucket/prefix`; tables live at
+    `<uri>/<source>/<schema>/<table>`."""
     storage_options: dict[str, str] = Field(default_factory=dict)
-    """Options passed to delta-rs object storage (endpoint, region, credentials ...)."""
+    """Options passed to delta-rs object storage, e.g. for S3 `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` (secret key and token are
+    masked when shown and in logs; use `${VAR}` or `${file:/path}`), `AWS_ALLOW_HTTP: true` for a
+    plain-HTTP endpoint. `AWS_*` keys not given here are read from the environment, as delta-rs does.
+    An `s3://` lake gets `aws_conditional_put: etag` unless a commit protocol is set: safe concurrent
+    Delta commits need it (see docs/operations.md)."""
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        # YAML reads `AWS_ALLOW_HTTP: true` as a bool and a port as an int; delta-rs wants text.
+        if isinstance(value, dict):
+            return {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _s3_commit_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and s3.is_s3(str(data.get("uri", ""))) and isinstance(data.get("storage_options") or {}, dict):
+            data = {**data, "storage_options": s3.with_commit_default(dict(data.get("storage_options") or {}))}
+        return data
+
+    @model_validator(mode="after")
+    def _s3_problems(self) -> LakeConfig:
+        problems = s3.problems(self.uri, self.storage_options) if s3.is_s3(self.uri) else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class MetricsConfig(Model):
+    enabled: bool = True
+    """Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP while `lakeward run` runs."""
+    host: str = "127.0.0.1"
+    """Address to listen on; `0.0.0.0` lets a Prometheus server on another machine (or container) scrape it."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """TCP port; 0 turns the server off. `lakeward run --metrics-port N` (or `$LAKEWARD_METRICS_PORT`) overrides
+    it, so that several worker processes on one host each get their own."""
 
 
 class PluginConfig(Model):
@@ -74,6 +113,8 @@ class LakewardConfig(Model):
     """The Kafka-protocol broker every source publishes to and every sink consumes from."""
     lake: LakeConfig = Field(default_factory=LakeConfig)
     """Where the Delta tables live."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """The HTTP endpoint of every `lakeward run` process: Prometheus metrics and health probes."""
     sources: list[Any] = Field(default_factory=list)
     """Databases to capture (`type: postgres` or `type: mysql`)."""
     sinks: list[Any] = Field(default_factory=list)
@@ -241,6 +282,7 @@ def parse_config(text: str, filename: str = "<config>") -> LakewardConfig:
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     assert config is not None
+    remember_secrets(config.lake.storage_options)  # so that no log line shows them, whatever quotes them
     return config
 
 
@@ -280,16 +322,41 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LakewardConfig:
 
 # --- masking -----------------------------------------------------------------------------------
 
-_SECRET_KEYS = re.compile(r"(password|secret|token|access_key|private_key|credentials)", re.I)
+# account_key / sas_key: object-store secrets (Azure account and SAS keys, a GCS service account key).
+# An access key *id* (AWS_ACCESS_KEY_ID) names the key and is no secret: shown, so one can tell which key is used.
+_SECRET_KEYS = re.compile(r"(password|secret|token|access_key(?!_id)|private_key|credentials|account_key|sas_key)", re.I)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+):([^@\s]+)@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I)
 
 MASK = "***"
 
+_known_secrets: set[str] = set()
+"""Secret storage options (S3 keys ...) of every config loaded in this process: masked wherever
+they appear in text. Only those: they are long random strings, unlike test passwords such as
+`lakeward`, which would mask every topic name in a log line."""
+_MIN_SECRET_LEN = 8
+
 
 def mask_text(text: str) -> str:
-    """Mask passwords inside DSNs and URLs: `postgresql://u:pw@h` -> `postgresql://u:***@h`."""
-    return _KV_PASSWORD.sub(rf"\g<1>{MASK}", _URL_PASSWORD.sub(rf"\g<1>:{MASK}@", text))
+    """Mask passwords inside DSNs and URLs (`postgresql://u:pw@h` -> `postgresql://u:***@h`) and every
+    known secret value (an S3 secret key quoted in an error message, say)."""
+    text = _KV_PASSWORD.sub(rf"\g<1>{MASK}", _URL_PASSWORD.sub(rf"\g<1>:{MASK}@", text))
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def remember_secrets(value: Any, key: str = "") -> None:
+    """Record the secret values in plain config data (the keys `masked` hides) for `mask_text`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            remember_secrets(v, str(k))
+    elif isinstance(value, list):
+        for v in value:
+            remember_secrets(v, key)
+    elif isinstance(value, str) and _SECRET_KEYS.search(key) and len(value) >= _MIN_SECRET_LEN:
+        _known_secrets.add(value)
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -311,6 +378,7 @@ def config_as_dict(config: LakewardConfig) -> dict[str, Any]:
         {
             "broker": config.broker.model_dump(),
             "lake": config.lake.model_dump(),
+            "metrics": config.metrics.model_dump(),
             "sources": [s.model_dump() for s in config.sources],
             "sinks": [s.model_dump() for s in config.sinks],
         }

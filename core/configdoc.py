@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from lakeward.core import registry
-from lakeward.core.config import BrokerConfig, LakeConfig
+from lakeward.core.config import BrokerConfig, LakeConfig, MetricsConfig
 
 HEADER = """\
 # Config reference
@@ -61,6 +61,8 @@ def render() -> str:
     parts = [HEADER]
     parts.append(section("broker", BrokerConfig, "The Kafka-protocol broker: Redpanda or Apache Kafka."))
     parts.append(section("lake", LakeConfig, "Where the Delta tables live: `<uri>/<source>/<schema>/<table>`."))
+    parts.append(section("metrics", MetricsConfig, "The HTTP endpoint of each `lakeward run` process: `/metrics`, `/healthz`, "
+                         "`/readyz` (see [operations](operations.md#metrics-and-health))."))
     for kind in registry.SOURCE_TYPES:
         parts.append(section(f"sources[] with `type: {kind}`", registry.config_class("sources", kind)))
     for kind in registry.SINK_TYPES:

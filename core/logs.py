@@ -1,7 +1,7 @@
 """Logging setup: human-readable lines by default, JSON lines with `--log-format json`.
 
-Every record passes through a filter that masks passwords in DSNs and URLs, so a secret that
-slips into an exception message never reaches the log.
+Every record passes through a filter that masks passwords in DSNs and URLs and every secret value
+of the loaded config (S3 keys ...), so a secret that slips into an exception message never reaches the log.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ class _MaskSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = mask_text(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # the text formatter prints exc_text when set: a traceback quoting a secret is masked too
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 
@@ -35,8 +38,19 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time: while rich shows progress bars it swaps in a
+    proxy that prints each log line above the bars instead of through them."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
     handler.addFilter(_MaskSecrets())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

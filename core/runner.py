@@ -9,9 +9,10 @@ import signal
 import time
 from typing import Any
 
-from lakeward.core import registry
-from lakeward.core.config import LakewardConfig
+from lakeward.core import metrics, registry
+from lakeward.core.config import LakewardConfig, MetricsConfig
 from lakeward.core.errors import LakewardError, TerminalError
+from lakeward.core.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,31 @@ def build_workers(config: LakewardConfig, sources: list[str] | None, sinks: list
 
 async def _supervise(worker: Any, stop: asyncio.Event) -> None:
     name = f"{type(worker).__name__}({worker.config.name})"
+    kind = "sink" if isinstance(worker, Sink) else "source"
+    health = metrics.HEALTH.worker(kind, worker.config.name)
+
+    def failed(e: BaseException) -> None:
+        health.stopped(f"{e.__class__.__name__}: {e}" if not isinstance(e, LakewardError) else str(e))
+        metrics.record_error(kind, worker.config.name, e)
+
     backoff = 1.0
     while not stop.is_set():
         started = time.monotonic()
+        health.starting(getattr(worker, "health_checks", ()))
         try:
             await worker.run(stop)
+            health.stopped(None)
             return
-        except TerminalError:
+        except TerminalError as e:
+            failed(e)
             raise
         except (LakewardError, OSError, ConnectionError) as e:
+            failed(e)
             if isinstance(e, LakewardError) and not e.retriable:
                 raise
             log.warning("%s: %s; retrying in %.0fs", name, e, backoff)
         except Exception as e:  # noqa: BLE001 - a driver error we don't classify yet: retry, but say so
+            failed(e)
             log.exception("%s failed (%s); retrying in %.0fs", name, e.__class__.__name__, backoff)
         if time.monotonic() - started > HEALTHY_RUN_S:
             backoff = 1.0  # it ran fine for a while: this is a new failure, not the same one again
@@ -71,20 +84,26 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
         backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-async def run_workers(workers: list[Any], stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (drain, exit code 0) or a terminal error (exit code 1)."""
+async def run_workers(workers: list[Any], stop: asyncio.Event | None = None, *, metrics_config: MetricsConfig | None = None) -> int:
+    """Run until SIGTERM/SIGINT (drain, exit code 0) or a terminal error (exit code 1); with
+    `metrics_config`, serve /metrics, /healthz and /readyz meanwhile (`lakeward run`)."""
     stop = stop or asyncio.Event()
     tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = await metrics.serve(metrics_config) if metrics_config is not None else None
     tasks = [asyncio.create_task(_supervise(w, stop)) for w in workers]
     code = 0
-    for fut in asyncio.as_completed(tasks):
-        try:
-            await fut
-        except TerminalError as e:
-            log.error("%s", e)
-            code = 1
-            stop.set()
+    try:
+        for fut in asyncio.as_completed(tasks):
+            try:
+                await fut
+            except TerminalError as e:
+                log.error("%s", e)
+                code = 1
+                stop.set()
+    finally:
+        if server is not None:
+            await server.close()
     return code

@@ -15,6 +15,10 @@ from lakeward.core.config import BrokerConfig, LakeConfig, PluginConfig
 
 
 class Sink(ABC):
+    health_checks: tuple[str, ...] = ("broker", "tables")
+    """What /readyz waits for (core/metrics.py): `broker` (the consumer is connected; re-checked in
+    the background while running) and `tables` (not every assigned table is stopped on an error)."""
+
     def __init__(self, config: PluginConfig, *, broker: BrokerConfig, lake: LakeConfig):
         self.config = config
         self.broker = broker

@@ -15,6 +15,11 @@ from lakeward.core.config import BrokerConfig, PluginConfig
 
 
 class Source(ABC):
+    health_checks: tuple[str, ...] = ("database", "broker")
+    """What /readyz waits for (core/metrics.py): the runner marks each pending when a run starts, and
+    the source reports each as it connects — `database` (its connection works), `broker` (its
+    producer is connected; re-checked in the background while running)."""
+
     def __init__(self, config: PluginConfig, *, broker: BrokerConfig):
         self.config = config
         self.broker = broker

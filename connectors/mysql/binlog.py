@@ -49,6 +49,7 @@ from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import HistoryEntry, SchemaHistory, clean, parse_ddl, rewrites_rows
 from lakeward.connectors.mysql.snapshot import BinlogPoint, file_index
 from lakeward.connectors.mysql.tables import TableInfo
+from lakeward.core import metrics, progress
 from lakeward.core.errors import ConnectionFailed, SourceSetupError, TerminalError, TransientError
 from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Position
 
@@ -167,6 +168,9 @@ class Stats:
     rows_decoded: int = 0
     transactions: int = 0
     position: str = ""
+    event_ts: float | None = 0.0
+    """Binlog timestamp (Unix seconds) of the last rows event read (0: none yet); None once a heartbeat
+    showed the reader at the binlog's end (for lakeward_source_lag_seconds)."""
 
 
 class Reader(threading.Thread):
@@ -188,6 +192,7 @@ class Reader(threading.Thread):
         self._meta: pymysql.Connection | None = None
         self._infos: dict[tuple, TableInfo] = {}
         self._maps: dict[int, TableInfo | None] = {}
+        self._metrics = metrics.SourceMetrics(cfg.name, prefix)
 
     # --- handing items over ----------------------------------------------------------------------
 
@@ -236,6 +241,11 @@ class Reader(threading.Thread):
     def _record(self, entry: HistoryEntry) -> None:
         if self.history.add(entry):
             self._batch.append(History(entry))
+
+    def _count(self, info: TableInfo, op: str, n: int) -> None:
+        """lakeward_source_events_read_total, per rows event or snapshot chunk (Prometheus counters are thread-safe)."""
+        if n:
+            self._metrics.read(f"{info.db}.{info.table}", op).inc(n)
 
     # --- run --------------------------------------------------------------------------------------
 
@@ -329,6 +339,8 @@ class Reader(threading.Thread):
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
         self._emit((topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (source(b"first"), now),
                     [(POSITION_HEADER, Position.mysql(fi, spos, Position.SNAPSHOT, 0, 0)), (SCHEMA_HEADER, headers_sid)]))
+        self._count(info, "t", 1)
+        snapshot_rows = self._metrics.snapshot_rows(f"{info.db}.{info.table}")
         src = source(b"true")
         names = [d.name for d in info.defs]
         convs = info.snapshot_converters(self._boolean)
@@ -337,6 +349,10 @@ class Reader(threading.Thread):
         seq = 0
         started = time.monotonic()
         batch = self._batch
+        bars, name = progress.snapshots, f"{info.db}.{info.table}"
+        estimate = catalog.query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                                 (info.db, info.table))
+        bars.start(cfg.name, name, int(estimate[0][0] or 0) if estimate else None)
         for chunk in snapshot.read_table(conn, info.db, info.table, info.defs, info.pk, cfg.snapshot_chunk_rows):
             if self.stop_flag.is_set():
                 raise _Stopped()
@@ -355,8 +371,12 @@ class Reader(threading.Thread):
                 if len(batch) >= BATCH_ITEMS:
                     self._push()
                     batch = self._batch
+            self._count(info, "r", len(chunk))
+            snapshot_rows.inc(len(chunk))
+            bars.advance(cfg.name, name, len(chunk))
             self._push()
             batch = self._batch
+        bars.finish(cfg.name, name)
         log.info("source %s: snapshot of %s.%s: %d rows in %.1fs", cfg.name, info.db, info.table, seq, time.monotonic() - started)
 
     # --- stream -----------------------------------------------------------------------------------
@@ -447,6 +467,7 @@ class Reader(threading.Thread):
                             emit_batch.append((topic, key(row), b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
                                 dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
                             n += 1
+                        self._count(info, "c", n)
                     elif cls is DeleteRowsEvent:
                         image = info.image(ev.columns_present_bitmap)
                         while p < end:
@@ -454,10 +475,12 @@ class Reader(threading.Thread):
                             emit_batch.append((topic, key(row), b'{"before":%b,"after":null,"source":%b%d},"op":"d","ts_ms":%d}' % (
                                 dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
                             n += 1
+                        self._count(info, "d", n)
                     else:
                         before_image = info.image(ev.columns_present_bitmap)
                         after_image = info.image(ev.columns_present_bitmap2)
                         pk = info.pk
+                        moved = 0
                         while p < end:
                             before, p = before_image(data, p)
                             after, p = after_image(data, p)
@@ -468,11 +491,16 @@ class Reader(threading.Thread):
                                     dumps(before), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
                                 emit_batch.append((topic, new_key, b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
                                     dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n + 1)), sid_header]))
+                                moved += 1
                             else:
                                 emit_batch.append((topic, new_key, b'{"before":%b,"after":%b,"source":%b%d},"op":"u","ts_ms":%d}' % (
                                     dumps(before), dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
                             n += 1
+                        self._count(info, "u", n - moved)
+                        self._count(info, "d", moved)
+                        self._count(info, "c", moved)
                     stats.rows_decoded += n
+                    stats.event_ts = ev.timestamp
                     txn_rows = True
                     if len(emit_batch) >= BATCH_ITEMS:
                         self._push()
@@ -546,6 +574,7 @@ class Reader(threading.Thread):
                     stats.position = f"{file}:{ev.position}"
                 elif cls is HeartbeatLogEvent:
                     if txn_pos is None:
+                        stats.event_ts = None  # the server sends heartbeats only when it has nothing else to send
                         self._push()
                         emit_batch = self._batch
                 elif cls is NotImplementedEvent:
@@ -611,6 +640,7 @@ class Reader(threading.Thread):
             server_id, ts_ms, gtid_json, file_json, ev_start)
         self._batch.append((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (src, int(time.time() * 1000)),
                             [(POSITION_HEADER, pos), (SCHEMA_HEADER, info.schema_id)]))
+        self._count(info, "t", 1)
 
     def _read_entry(self, db: str, table: str, pos: bytes, ddl: str) -> None:
         """Record the table's definition (information_schema now) at the DDL's position, once."""

@@ -35,6 +35,7 @@ from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
 from lakeward.connectors.mysql.snapshot import BinlogPoint
 from lakeward.core import broker as kafka
+from lakeward.core import metrics
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SourceSetupError
 from lakeward.core.source import Source
@@ -85,6 +86,7 @@ class MySQLSource(Source):
         self.history_topic = f"{self.prefix}.{config.name}.__schema_history"
         self.events_published = 0
         self.reader: Reader | None = None
+        self._metrics = metrics.SourceMetrics(config.name, broker.topic_prefix)
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -131,14 +133,7 @@ class MySQLSource(Source):
                 conn.close()
             out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid}
             if state and state.resume:
-                r = state.resume
-                behind = 0
-                for name, size, *_ in sizes:
-                    if name == r.file:
-                        behind += int(size) - r.pos
-                    elif name > r.file:
-                        behind += int(size)
-                out["lag_bytes"] = max(0, behind)
+                out["lag_bytes"] = bytes_behind(sizes, state.resume.file, state.resume.pos)
             return out
 
         info: dict[str, Any] = {"source": cfg.name, "type": "mysql", "slot": f"binlog (server_id {cfg.effective_server_id})",
@@ -155,12 +150,17 @@ class MySQLSource(Source):
         return info
 
     async def run(self, stop: asyncio.Event) -> None:
+        health = metrics.HEALTH.worker("source", self.config.name)
         producer = kafka.producer(self.broker)
         await kafka.start_client(producer, self.broker)
         try:
-            async with kafka.Admin(self.broker) as admin:
+            async with kafka.Admin(self.broker) as admin, metrics.background(
+                metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
+                metrics.watch(health, "database", self._poll_lag, what=f"MySQL at {self.config.where}", interval_s=metrics.LAG_POLL_S),
+            ):
+                health.ok("broker")
                 self._producer, self._admin = producer, admin
-                self._publisher = kafka.BatchPublisher(producer)
+                self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
                 self._schemas = kafka.SchemaPublisher(self.broker, self.config.name, producer, admin)
                 await admin.ensure_topic(self.state_topic, compact=True)
                 await admin.ensure_topic(self.history_topic, compact=True)
@@ -168,12 +168,29 @@ class MySQLSource(Source):
         finally:
             await producer.stop()
 
+    async def _poll_lag(self) -> None:
+        """lakeward_source_lag_bytes: binlog bytes after the stored resume position (SHOW BINARY LOGS, in a
+        thread, on a short-lived connection: nothing shared with a thread that may outlive a cancel)."""
+
+        def binary_logs() -> list[tuple]:
+            conn = catalog.connect(self.config)
+            try:
+                return catalog.query(conn, "SHOW BINARY LOGS")
+            finally:
+                conn.close()
+
+        logs = await asyncio.to_thread(binary_logs)
+        state = getattr(self, "_state", None)
+        if state is not None and state.resume is not None:
+            self._metrics.lag_bytes.set(bytes_behind(logs, state.resume.file, state.resume.pos))
+
     # --- orchestration -----------------------------------------------------------------------
 
     async def _run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         state = await self._read_state()
         server, tables = await asyncio.to_thread(self._check_blocking, state)
+        metrics.HEALTH.worker("source", cfg.name).ok("database")
         names = {f"{d}.{t}" for d, t in tables}
         if state is None or state.resume is None:
             state = SourceState(new_epoch(), server.identity)
@@ -217,6 +234,7 @@ class MySQLSource(Source):
         pending: Commit | None = None
         last_checkpoint = time.monotonic()
         stopping = False
+        stats = reader.stats
         while True:
             if stop.is_set() and not stopping:
                 stopping = True
@@ -246,6 +264,7 @@ class MySQLSource(Source):
                         pending = item
                     elif isinstance(item, Announce):
                         await self._schemas.publish(item.info.schema)
+                        self._metrics.schema(f"{item.info.db}.{item.info.table}", item.info.schema_id.decode())
                         await self._admin.ensure_topic(item.info.topic)
                     elif isinstance(item, History):
                         await (await self._producer.send(self.history_topic, key=item.entry.key, value=item.entry.to_json()))
@@ -274,6 +293,11 @@ class MySQLSource(Source):
                 if n and out.empty():
                     # Caught up: send partly filled batches now rather than at the next checkpoint.
                     await send_open()
+            event_ts = stats.event_ts
+            if event_ts is None:
+                self._metrics.caught_up()
+            elif event_ts:
+                self._metrics.committed_at(event_ts)
             now = time.monotonic()
             if pending is not None and (now - last_checkpoint >= cfg.status_interval_s or stopping):
                 if pending.resume != self._state.resume or pending.tables != self._state.tables:
@@ -300,3 +324,13 @@ class MySQLSource(Source):
                 state = SourceState.from_json(r.value) if r.value else None
         return state
 
+
+def bytes_behind(binary_logs: list[tuple], file: str, pos: int) -> int:
+    """Binlog bytes after `file`:`pos`, from SHOW BINARY LOGS rows (name, size, ...)."""
+    behind = 0
+    for name, size, *_ in binary_logs:
+        if name == file:
+            behind += int(size) - pos
+        elif name > file:
+            behind += int(size)
+    return max(0, behind)

@@ -29,6 +29,7 @@ from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
 from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, get_slot, keepalive, xlog_start
 from lakeward.connectors.postgres.types import Converter
 from lakeward.core import broker as kafka
+from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import (
     OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
@@ -75,6 +76,8 @@ class _Table:
     key: Callable[[dict[str, Any]], bytes] = orjson.dumps
     """The event key of a row: its primary key columns as JSON (the whole row without a key)."""
     schema_header: tuple[str, bytes] = ("", b"")
+    counts: dict[bytes, int] = field(default_factory=dict)
+    """Events emitted per op since the last PostgresSource._sync_counts (shared by the table's versions)."""
 
     def __post_init__(self) -> None:
         self.columns = list(zip(self.names, self.converters))
@@ -124,6 +127,10 @@ class PostgresSource(Source):
         self._db = ""
         self._now_ms = 0
         """Processing time (the envelope's ts_ms): read once per batch of messages, not per event."""
+        self._metrics = metrics.SourceMetrics(config.name, broker.topic_prefix)
+        self._counts: dict[str, dict[bytes, int]] = {}
+        """Per table (`schema.table`): events per op not yet added to the Prometheus counters."""
+        self._lag_conn: psycopg.AsyncConnection | None = None
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -151,16 +158,22 @@ class PostgresSource(Source):
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        health = metrics.HEALTH.worker("source", cfg.name)
         self._meta = await catalog.connect(cfg.dsn)
         try:
             await catalog.check_setup(self._meta, cfg.dsn)
+            health.ok("database")
             self._db = (await (await self._meta.execute("SELECT current_database()")).fetchone())[0]  # type: ignore[index]
             producer = kafka.producer(self.broker)
             await kafka.start_client(producer, self.broker)
             try:
-                async with kafka.Admin(self.broker) as admin:
+                async with kafka.Admin(self.broker) as admin, metrics.background(
+                    metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
+                    metrics.watch(health, "database", self._poll_lag, what="PostgreSQL", interval_s=metrics.LAG_POLL_S),
+                ):
+                    health.ok("broker")
                     self._producer, self._admin = producer, admin
-                    self._publisher = kafka.BatchPublisher(producer)
+                    self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
                     self._schemas = kafka.SchemaPublisher(self.broker, cfg.name, producer, admin)
                     await admin.ensure_topic(self.state_topic, compact=True)
                     await self._run(stop)
@@ -168,6 +181,33 @@ class PostgresSource(Source):
                 await producer.stop()
         finally:
             await self._meta.close()
+            if self._lag_conn is not None:
+                await self._lag_conn.close()
+                self._lag_conn = None
+
+    async def _poll_lag(self) -> None:
+        """lakeward_source_lag_bytes from the slot, on a connection of its own (the stream loop never waits for it)."""
+        if self._lag_conn is None or self._lag_conn.closed:
+            self._lag_conn = await catalog.connect(self.config.dsn)
+        try:
+            row = await (await self._lag_conn.execute(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
+                (self.config.slot_name,))).fetchone()
+        except BaseException:
+            conn, self._lag_conn = self._lag_conn, None
+            await conn.close()
+            raise
+        if row is not None and row[0] is not None:
+            self._metrics.lag_bytes.set(row[0])
+
+    def _sync_counts(self) -> None:
+        """Add the events counted on the hot path to the Prometheus counters (every confirm, not every event)."""
+        read = self._metrics.read
+        for table, counts in self._counts.items():
+            for op, n in counts.items():
+                if n:
+                    read(table, op.decode()).inc(n)
+                    counts[op] = 0
 
     # --- orchestration -----------------------------------------------------------------------
 
@@ -257,14 +297,17 @@ class PostgresSource(Source):
         sid = await self._schemas.publish(ts)
         topic = table_topic(self.prefix, self.config.name, schema, table)
         await self._admin.ensure_topic(topic)
+        self._metrics.schema(f"{schema}.{table}", sid)
+        counts = self._counts.setdefault(f"{schema}.{table}", dict.fromkeys((_C, _U, _D, _R, _T), 0))
         base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
-        return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base)
+        return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base, counts=counts)
 
     def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes) -> None:
         """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event."""
         value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
         self._publisher.append(t.topic, key, value, [(POSITION_HEADER, pos), t.schema_header])
         self.events_published += 1
+        t.counts[op] += 1
 
     # --- snapshot ----------------------------------------------------------------------------
 
@@ -291,6 +334,10 @@ class PostgresSource(Source):
         select = ", ".join(psycopg.sql.Identifier(c[0]).as_string(None) for c in columns)
         rel = f"{psycopg.sql.Identifier(schema).as_string(None)}.{psycopg.sql.Identifier(table).as_string(None)}"
         started, rows = time.monotonic(), 0
+        snapshot_rows = self._metrics.snapshot_rows(f"{schema}.{table}")
+        estimate = (await (await conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", (relid,))).fetchone())[0]  # type: ignore[index]
+        bars = progress.snapshots
+        bars.start(self.config.name, f"{schema}.{table}", estimate)
         async with conn.cursor(name=f"lakeward_snapshot_{relid}") as cur:
             await cur.execute(f"SELECT {select} FROM {rel}")
             # Every value as its type's output function writes it, exactly what pgoutput sends; `col::text`
@@ -304,8 +351,12 @@ class PostgresSource(Source):
                     row = pgoutput.convert_row(list(values), t.columns)
                     self._emit(t, _R, t.key(row), None, row, head, lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
                 rows += len(batch)
+                snapshot_rows.inc(len(batch))
+                bars.advance(self.config.name, f"{schema}.{table}", len(batch))
                 if self._publisher.has_full:
                     await self._publisher.send_full()
+        self._sync_counts()
+        bars.finish(self.config.name, f"{schema}.{table}")
         log.info("source %s: snapshot of %s.%s: %d rows in %.1fs", self.config.name, schema, table, rows, time.monotonic() - started)
 
     # --- streaming ---------------------------------------------------------------------------
@@ -364,8 +415,14 @@ class PostgresSource(Source):
                                            _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
                     if data:
                         last_data = time.monotonic()
+                        if txn.commit_ms:
+                            self._metrics.committed_at(txn.commit_ms / 1000)
+                    elif not in_txn:
+                        self._metrics.caught_up()  # only keepalives: the server has sent everything it has
                     if publisher.has_full:
                         await publisher.send_full()
+                elif not in_txn:
+                    self._metrics.caught_up()
                 now = time.monotonic()
                 if waiting_since is None:
                     if publisher.appended != sent_mark:
@@ -398,6 +455,7 @@ class PostgresSource(Source):
         if safe_lsn > self._confirmed:
             self._confirmed = safe_lsn
         await repl.send_status(self._confirmed)
+        self._sync_counts()
 
     async def _heartbeat(self) -> None:
         try:
