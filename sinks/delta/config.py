@@ -27,3 +27,12 @@ class DeltaSinkConfig(PluginConfig):
     """Flush whatever is buffered at least this often (seconds): the lake lags the broker by about this much."""
     group_id: str | None = None
     """Consumer group id; default `lakeward.<name>`. Workers with the same group share the tables."""
+    checkpoint_interval: int = Field(default=100, ge=1)
+    """Write a Delta checkpoint every this many commits (table property `delta.checkpointInterval`,
+    set when the sink creates a table), so readers and restarts need not replay a long log. delta-rs
+    writes it right after the commit; `lakeward lake checkpoint` writes one on demand."""
+    dead_letter_topic: str | None = None
+    """Topic for poison events: an event that cannot be decoded, or whose value the Delta table
+    rejects, goes there (with the reason and its original topic, partition and offset in headers)
+    and the table goes on. Unset: the table stops at the first poison event, with an error naming
+    it; nothing is ever skipped silently. Schema changes Delta cannot represent stop the table either way."""

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 
+from lakeward.core import metrics
 from lakeward.core.errors import CommitConflict, SchemaChangeError, TerminalError
 from lakeward.sinks.delta.batch import DELETE_FLAG, KEEP_PREFIX, Plan
 
@@ -76,8 +77,11 @@ def classify(exc: BaseException, table: str) -> BaseException:
 class LakeTable:
     """Not thread-safe: the owning TableWriter runs one call at a time (through asyncio.to_thread)."""
 
-    def __init__(self, uri: str, storage_options: dict[str, str], topic: str, partition: int, table: str, sink: str):
+    def __init__(self, uri: str, storage_options: dict[str, str], topic: str, partition: int, table: str, sink: str,
+                 *, properties: dict[str, str] | None = None):
         self.uri = uri
+        self.properties = properties or None
+        """Delta table properties set when this writer creates the table (e.g. delta.checkpointInterval)."""
         self.storage_options = dict(storage_options) or None
         self.app_id = app_id(topic, partition)
         self.topic = topic
@@ -176,6 +180,7 @@ class LakeTable:
                 assert self.dt is not None
                 return Committed(ok=True, version=self.dt.version(), committed_at=time.time())
             except CommitFailedError as e:
+                metrics.DELTA_CONFLICTS.labels(self.sink, self.table).inc()
                 found = self._reload_txn()
                 if found != expected:
                     log.info("%s: commit conflict and txn %s (expected %s): another writer applied these offsets", self.table, found, expected)
@@ -200,7 +205,8 @@ class LakeTable:
         if self.dt is None:
             # A new table: a merge into nothing is an insert of its upserts.
             data = plan.plain() if plan.kind == "merge" else plan.data
-            write_deltalake(self.uri, data, mode="append", storage_options=self.storage_options, commit_properties=props)
+            write_deltalake(self.uri, data, mode="append", storage_options=self.storage_options, commit_properties=props,
+                            configuration=self.properties)
             self.dt = DeltaTable(self.uri, storage_options=self.storage_options)
             return True
         if plan.kind == "append":

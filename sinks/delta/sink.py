@@ -14,20 +14,21 @@ import fnmatch
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from lakeward.core.broker import SchemaReader, consumer, start_client
+from lakeward.core import metrics
+from lakeward.core.broker import Admin, SchemaReader, consumer, producer, start_client
 from lakeward.core.config import BrokerConfig, LakeConfig
 from lakeward.core.errors import TerminalError, TransientError
 from lakeward.core.events import parse_table_topic
-from lakeward.core.lake import table_uri
+from lakeward.core.lake import check_lake, table_uri
 from lakeward.core.sink import Sink
 from lakeward.sinks.delta.config import DeltaSinkConfig
 from lakeward.sinks.delta.lake import LakeTable, is_retriable
-from lakeward.sinks.delta.table import TableWriter, iso
+from lakeward.sinks.delta.table import DeadLetter, TableWriter, iso
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ REVOKE_WAIT_S = 20.0
 """How long a revoked partition's commit in flight may take before the rebalance goes on without it."""
 POLL_MAX_S = 0.5
 POLL_BUSY_S = 0.02
+METRICS_INTERVAL_S = 1.0
+"""How often the loop updates the consumer lag and stopped-table metrics (and the `tables` readiness)."""
 
 
 def topic_pattern(prefix: str, sources: list[str], tables: list[str]) -> str:
@@ -45,6 +48,51 @@ def topic_pattern(prefix: str, sources: list[str], tables: list[str]) -> str:
     globs = "|".join(fnmatch.translate(g) for g in tables)  # each ends with \Z
     srcs = "|".join(re.escape(s) for s in sources)
     return rf"^{re.escape(prefix)}\.(?:{srcs})\.(?!__)(?=[^.]+\..+\Z)(?:{globs})"
+
+
+class DeadLetters:
+    """The dead-letter topic of a sink: poison events with why and where they came from.
+
+    Headers: the event's own (position, schema id) plus lakeward.dlq.reason, .table, .topic,
+    .partition, .offset and .sink. A letter is acknowledged before the Delta commit that moves past
+    its offset, so none is lost; a crash between the two sends it again (same topic/partition/offset).
+    """
+
+    def __init__(self, broker: BrokerConfig, topic: str, sink: str):
+        self.broker = broker
+        self.topic = topic
+        self.sink = sink
+        self._producer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> Any:
+        async with self._lock:
+            if self._producer is None:
+                p = producer(self.broker)
+                await start_client(p, self.broker)
+                try:
+                    async with Admin(self.broker) as admin:
+                        await admin.ensure_topic(self.topic, compact=False)
+                except BaseException:
+                    await p.stop()
+                    raise
+                self._producer = p
+        return self._producer
+
+    async def send(self, writer: TableWriter, letters: list[DeadLetter]) -> None:
+        p = await self._start()
+        futures = []
+        for d in letters:
+            headers = [*d.headers, ("lakeward.dlq.reason", d.reason.encode()), ("lakeward.dlq.table", writer.qualified.encode()),
+                       ("lakeward.dlq.topic", writer.tp.topic.encode()), ("lakeward.dlq.partition", str(writer.tp.partition).encode()),
+                       ("lakeward.dlq.offset", str(d.offset).encode()), ("lakeward.dlq.sink", self.sink.encode())]
+            futures.append(await p.send(self.topic, key=d.key, value=d.value, headers=headers))
+        await asyncio.gather(*futures)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            p, self._producer = self._producer, None
+            await p.stop()
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -73,6 +121,10 @@ class DeltaSink(Sink):
         self._ignored: set[TopicPartition] = set()
         self._commits: set[asyncio.Task] = set()
         self._started_at: float | None = None
+        self._lag_labels: set[tuple[str, str, str]] = set()
+        self._counted_errors: dict[TopicPartition, Any] = {}
+        """The error of each stopped table already counted in lakeward_sink_table_errors_total."""
+        self._dead_letters = DeadLetters(broker, config.dead_letter_topic, config.name) if config.dead_letter_topic else None
 
     # --- selection ------------------------------------------------------------------------------
 
@@ -140,10 +192,11 @@ class DeltaSink(Sink):
             lake = self._lakes.get(tp)
             if lake is None:
                 lake = self._lakes[tp] = LakeTable(table_uri(self.lake, source, schema, table), self.lake.storage_options, tp.topic,
-                                                   tp.partition, f"{source}.{schema}.{table}", self.config.name)
+                                                   tp.partition, f"{source}.{schema}.{table}", self.config.name,
+                                                   properties={"delta.checkpointInterval": str(self.config.checkpoint_interval)})
             w = TableWriter(tp, source=source, schema=schema, table=table, mode=self.config.mode, lake=lake, schemas=self._schemas,
                             feed=self, batch_rows=self.config.batch_rows, batch_bytes=self.config.batch_bytes,
-                            batch_interval_s=self.config.batch_interval_s)
+                            batch_interval_s=self.config.batch_interval_s, dead_letters=self._dead_letters)
             new.append(w)
         results = await asyncio.gather(*(self._open(w) for w in new))
         ends = await self._end_offsets([w.tp for w, (ok, at) in zip(new, results) if ok and at is not None])
@@ -207,6 +260,9 @@ class DeltaSink(Sink):
         self._paused = want
 
     async def run(self, stop: asyncio.Event) -> None:
+        # A missing bucket or rejected credentials stop the sink here with the fix, instead of every
+        # table retrying its writes; an unreachable endpoint is retried by the runner.
+        await asyncio.to_thread(check_lake, self.lake)
         self._consumer = consumer(
             self.broker,
             group_id=self.group_id,
@@ -214,12 +270,18 @@ class DeltaSink(Sink):
             client_id=f"lakeward-{self.config.name}",
         )
         await start_client(self._consumer, self.broker)
+        health = metrics.HEALTH.worker("sink", self.config.name)
+        health.ok("broker")
+        health.ok("tables")
         self._started_at = time.time()
         log.info("sink %s: group %s, topics matching %s, lake %s, mode %s", self.config.name, self.group_id, self.pattern,
                  self.lake.uri, self.config.mode)
         try:
             self._consumer.subscribe(pattern=self.pattern, listener=_Rebalance(self))
-            await self._loop(stop)
+            async with metrics.background(
+                metrics.watch(health, "broker", self._consumer.topics, what=f"broker at {self.broker.bootstrap_servers}"),
+            ):
+                await self._loop(stop)
             # final flush of everything buffered
             await asyncio.gather(*(w.drain() for w in list(self._writers.values())))
             if self._commits:
@@ -228,6 +290,9 @@ class DeltaSink(Sink):
             await self._close_writers()
             c, self._consumer = self._consumer, None
             await c.stop()
+            if self._dead_letters is not None:
+                await self._dead_letters.close()
+            self._update_metrics()  # no tables any more: drops their lag series
             log.info("sink %s stopped", self.config.name)
 
     async def _close_writers(self) -> None:
@@ -242,6 +307,7 @@ class DeltaSink(Sink):
 
     async def _loop(self, stop: asyncio.Event) -> None:
         c = self._consumer
+        last_metrics = 0.0
         while not stop.is_set():
             for w in list(self._writers.values()):
                 if w.backlog is not None and w.flush_task is None:
@@ -268,6 +334,41 @@ class DeltaSink(Sink):
                 if w.due(now):
                     w.start_flush()
             self._sync_pauses()
+            if now - last_metrics >= METRICS_INTERVAL_S:
+                last_metrics = now
+                self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        """Consumer lag per partition (the broker's high watermark from the last fetch - the writer's
+        next offset: no request), stopped tables and their errors, and the `tables` readiness check."""
+        name = self.config.name
+        c = self._consumer
+        assigned = c.assignment() if c is not None else set()
+        lag_labels = set()
+        stopped = []
+        for tp, w in self._writers.items():
+            if w.error is not None:
+                stopped.append(w)
+                if self._counted_errors.get(tp) is not w.error:
+                    self._counted_errors[tp] = w.error
+                    metrics.SINK_TABLE_ERRORS.labels(name, w.qualified, type(w.error).__name__).inc()
+            hw = c.highwater(tp) if tp in assigned else None
+            if hw is not None:
+                labels = (name, w.qualified, str(tp.partition))
+                metrics.SINK_CONSUMER_LAG.labels(*labels).set(max(0, hw - w.next_offset))
+                lag_labels.add(labels)
+        for labels in self._lag_labels - lag_labels:
+            metrics.SINK_CONSUMER_LAG.remove(*labels)  # revoked: another worker reports it now
+        self._lag_labels = lag_labels
+        for tp in [tp for tp in self._counted_errors if tp not in self._writers]:
+            del self._counted_errors[tp]
+        metrics.SINK_ASSIGNED_TABLES.labels(name).set(len(self._writers))
+        metrics.SINK_STOPPED_TABLES.labels(name).set(len(stopped))
+        health = metrics.HEALTH.worker("sink", name)
+        if stopped and len(stopped) == len(self._writers):
+            health.problem("tables", f"all {len(stopped)} assigned table(s) stopped on errors; first: {stopped[0].error}")
+        else:
+            health.ok("tables")
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -319,12 +420,21 @@ class DeltaSink(Sink):
         finally:
             await c.stop()
 
-    async def wait_caught_up(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+    async def wait_caught_up(self, stop: asyncio.Event, poll_s: float = 0.5,
+                             progress: Callable[[int, int], None] | None = None) -> None:
         """Return once every selected table has written all its topic held when this was called
-        (`lakeward replay`); raise the error of a table that stopped instead."""
+        (`lakeward replay`); raise the error of a table that stopped instead. `progress` is called
+        with (events written, events to write) at every poll."""
         ends = await self._selected_ends()
         while not stop.is_set():
             pending = 0
+            if progress is not None:
+                written = 0
+                for tp, end in ends.items():
+                    w = self._writers.get(tp)
+                    if w is not None and w.committed_offset is not None:
+                        written += min(end, w.committed_offset + 1)
+                progress(written, sum(ends.values()))
             for tp, end in ends.items():
                 w = self._writers.get(tp)
                 if w is not None and w.stopped:
@@ -336,6 +446,7 @@ class DeltaSink(Sink):
             await asyncio.sleep(poll_s)
 
     async def _offline_status(self) -> list[dict[str, Any]]:
+        await asyncio.to_thread(check_lake, self.lake)  # one clear storage error rather than one per table
         ends = await self._selected_ends()
         tps = list(ends)
         tables = []

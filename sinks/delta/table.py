@@ -18,23 +18,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
 from aiokafka import TopicPartition
 
+from lakeward.core import metrics
 from lakeward.core.errors import LakewardError, PoisonEventError, SchemaChangeError, TerminalError, TransientError
 from lakeward.core.events import OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, TableSchema
 from lakeward.core.types import arrow_type, check_evolution
-from lakeward.sinks.delta.batch import OFF, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, plan_changelog, plan_mirror
+from lakeward.sinks.delta.batch import OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, plan_changelog, plan_mirror
 from lakeward.sinks.delta.lake import LakeTable, is_retriable
 
 log = logging.getLogger(__name__)
 
 _ROW_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ))
 _ALL_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ, OP_DELETE, OP_TRUNCATE))
+_op_of = itemgetter(OP)
 
 
 class Feed(Protocol):
@@ -50,6 +54,24 @@ class SchemaSource(Protocol):
 
 
 @dataclass(slots=True)
+class DeadLetter:
+    """A poison event on its way to the dead-letter topic: where it came from and why it is there."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    reason: str
+
+
+class DeadLetterSink(Protocol):
+    """Where poison events go when the sink has a `dead_letter_topic` (the sink implements it)."""
+
+    async def send(self, writer: TableWriter, letters: list[DeadLetter]) -> None:
+        """Return once the broker acknowledged every letter; raise on failure."""
+
+
+@dataclass(slots=True)
 class Batch:
     events: list[tuple]
     first: int
@@ -58,6 +80,8 @@ class Batch:
     """Last offset it covers: the txn version of its commit (duplicates and tombstones included)."""
     position: bytes | None
     """Newest position applied once it is committed."""
+    dead: list[DeadLetter]
+    """Poison events among its offsets: sent to the dead-letter topic before the commit."""
 
 
 def iso(ts: float | None) -> str | None:
@@ -79,6 +103,7 @@ class TableWriter:
         batch_rows: int,
         batch_bytes: int,
         batch_interval_s: float,
+        dead_letters: DeadLetterSink | None = None,
     ):
         self.tp = tp
         self.source = source
@@ -90,6 +115,8 @@ class TableWriter:
         self.batch_rows = batch_rows
         self.batch_bytes = batch_bytes
         self.batch_interval_s = batch_interval_s
+        self.dead_letters = dead_letters
+        """None: a poison event stops the table; else it goes to the dead-letter topic."""
 
         self.catalog = Catalog()
         self._infos: dict[bytes, SchemaInfo] = {}
@@ -109,6 +136,7 @@ class TableWriter:
 
         # the buffer
         self._events: list[tuple] = []
+        self._dead: list[DeadLetter] = []
         self._bytes = 0
         self._buf_last: int | None = None
         self._buf_since = 0.0
@@ -129,6 +157,8 @@ class TableWriter:
         self.tombstones = 0
         self.rows_applied = 0
         self.commits = 0
+        self._metrics = metrics.TableMetrics(lake.sink, self.qualified)
+        self.dead_lettered = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -159,6 +189,7 @@ class TableWriter:
 
     def _reset_buffer(self) -> None:
         self._events = []
+        self._dead = []
         self._bytes = 0
         self._buf_last = None
 
@@ -226,6 +257,7 @@ class TableWriter:
         if buf_last is None:
             self._buf_since = time.monotonic()
         stale = False
+        duplicates = self.duplicates
         i, n = 0, len(records)
         try:
             while i < n:
@@ -251,7 +283,10 @@ class TableWriter:
                         elif k == SCHEMA_HEADER:
                             sid = v
                 if pos is None or sid is None:
-                    raise self._poison(off, f"the message lacks the {POSITION_HEADER} or {SCHEMA_HEADER} header")
+                    self._dead_letter(r, self._poison(off, f"the message lacks the {POSITION_HEADER} or {SCHEMA_HEADER} header"))
+                    nxt = off + 1
+                    buf_last = off
+                    continue
                 if last_pos is not None and pos <= last_pos:
                     self.duplicates += 1  # re-published by a restarted source: already applied
                     nxt = off + 1
@@ -260,7 +295,15 @@ class TableWriter:
                 info = infos.get(sid)
                 if info is None:
                     self.next_offset, self.last_position, self._bytes, self._buf_last = nxt, last_pos, nbytes, buf_last
-                    info = await self._resolve(sid, off)
+                    try:
+                        info = await self._resolve(sid, off)
+                    except PoisonEventError as e:
+                        if epoch == self.epoch and self.active and not self._resyncing and events is self._events:
+                            self._dead_letter(r, e)
+                            nxt = off + 1
+                            buf_last = off
+                            continue
+                        raise
                     if epoch != self.epoch or not self.active or self._resyncing or events is not self._events:
                         stale = True  # a seek, revoke or resync happened meanwhile: these records are void
                         return
@@ -281,7 +324,10 @@ class TableWriter:
                     else:
                         events.append((off, pos, op, ev.get("before"), after, None, None, r.key, info))
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise self._poison(off, f"undecodable event ({e.__class__.__name__}: {e})") from None
+                    self._dead_letter(r, self._poison(off, f"undecodable event ({e.__class__.__name__}: {e})"))
+                    nxt = off + 1
+                    buf_last = off
+                    continue
                 nbytes += len(value)
                 last_pos = pos
                 nxt = off + 1
@@ -300,10 +346,22 @@ class TableWriter:
         finally:
             if not stale:
                 self.next_offset, self.last_position, self._bytes, self._buf_last = nxt, last_pos, nbytes, buf_last
+            if self.duplicates != duplicates:
+                self._metrics.duplicates.inc(self.duplicates - duplicates)  # per fetch, not per event
 
     def _poison(self, offset: int, what: str) -> PoisonEventError:
-        return PoisonEventError(f"table {self.qualified}: topic {self.tp.topic} partition {self.tp.partition} offset {offset}: {what}; "
-                                "stopped this table")
+        e = PoisonEventError(f"table {self.qualified}: topic {self.tp.topic} partition {self.tp.partition} offset {offset}: {what}; "
+                             "stopped this table")
+        e.offset = offset  # type: ignore[attr-defined]
+        return e
+
+    def _dead_letter(self, record: Any, err: PoisonEventError) -> None:
+        """Buffer a poison record for the dead-letter topic, or raise: without one the table stops at it."""
+        if self.dead_letters is None:
+            raise err
+        reason = str(err).removesuffix("; stopped this table")
+        log.warning("%s; sent to the dead-letter topic", reason)
+        self._dead.append(DeadLetter(record.offset, record.key, record.value, list(record.headers), reason))
 
     async def _resolve(self, sid: bytes, offset: int) -> SchemaInfo:
         try:
@@ -332,6 +390,8 @@ class TableWriter:
             if old is not None:
                 check_evolution(self.qualified, col.name, old, new)
             types[col.name] = new
+        if self.catalog.arrow and any(col.name not in self.catalog.arrow for col in schema.columns):
+            self._metrics.schema_changes.inc()  # new columns for a table that had some: a schema merge ahead
         for col in schema.columns:
             self.catalog.arrow.setdefault(col.name, types[col.name])
             self.catalog.lake[col.name] = col.lake_type
@@ -363,7 +423,7 @@ class TableWriter:
         if self._buf_last is None or self.flush_task is not None:
             return
         first = 0 if self.committed_offset is None else self.committed_offset + 1
-        batch = Batch(self._events, first, self._buf_last, self.last_position)
+        batch = Batch(self._events, first, self._buf_last, self.last_position, self._dead)
         self._reset_buffer()
         self._buf_since = time.monotonic()
         self.flush_task = asyncio.create_task(self._flush(batch), name=f"flush {self.tp.topic}")
@@ -399,36 +459,86 @@ class TableWriter:
         build = plan_mirror if self.mode == "mirror" else plan_changelog
         return build(events, catalog, self.tp.topic, self.tp.partition)
 
+    def _plan_counted(self, events: list[tuple], catalog: Catalog) -> tuple[Plan, Counter[str]]:
+        """The plan and the batch's events per op (for the metrics), both in the worker thread."""
+        return self._plan(events, catalog), Counter(map(_op_of, events))
+
     async def _flush_batch(self, batch: Batch) -> None:
         catalog = self._catalog_snapshot()
         poison: PoisonEventError | None = None
         t0 = time.perf_counter()
         while True:
             try:
-                plan = await asyncio.to_thread(self._plan, batch.events, catalog)
+                plan, ops = await asyncio.to_thread(self._plan_counted, batch.events, catalog)
                 break
             except PoisonEventError as e:
-                # Write what comes before the bad event, then stop the table at it. (The cut batch
-                # is planned again: it may hold another bad value, at an earlier offset.)
                 bad = getattr(e, "offset", None)
                 if bad is None:
                     raise
+                if self.dead_letters is not None:
+                    # Take the bad event out of the batch (to the dead-letter topic) and plan the rest again.
+                    ev = next(ev for ev in batch.events if ev[OFF] == bad)
+                    batch.events = [x for x in batch.events if x is not ev]
+                    batch.dead.append(self._rejected(ev, f"table {self.qualified}: {e}".removesuffix(
+                        "; stopped this table (fix the event or the source, then replay the table)")))
+                    continue
+                # Write what comes before the bad event, then stop the table at it. (The cut batch
+                # is planned again: it may hold another bad value, at an earlier offset.)
                 poison = self._pending_error = PoisonEventError(f"table {self.qualified}: {e}")
                 events = [ev for ev in batch.events if ev[OFF] < bad]
-                batch = Batch(events, batch.first, bad - 1, events[-1][POS] if events else self.committed_position)
+                batch = Batch(events, batch.first, bad - 1, events[-1][POS] if events else self.committed_position, [])
         if batch.last < batch.first:
             if poison:
                 raise poison
             return
+        m = self._metrics
+        for op, n in ops.items():
+            m.consumed(op).inc(n)
+        m.batch_events.observe(len(batch.events))
         t1 = time.perf_counter()
+        if batch.dead and not await self._send_dead(batch):
+            return
         done = await self._commit(plan, batch)
         t2 = time.perf_counter()
+        m.commit_seconds.observe(t2 - t1)
+        m.flush_seconds.observe(t2 - t0)
+        if done:
+            for op, n in ops.items():
+                m.applied(op).inc(n)
         self.last_flush = {"events": len(batch.events), "offsets": f"{batch.first}-{batch.last}", "kind": plan.kind,
                            "rows": plan.data.num_rows if plan.data is not None else 0, "build_s": round(t1 - t0, 3),
                            "commit_s": round(t2 - t1, 3), "committed": done}
         log.debug("%s: flush %s", self.qualified, self.last_flush)
         if done and poison is not None:
             raise poison
+
+    def _rejected(self, ev: tuple, reason: str) -> DeadLetter:
+        """A decoded event whose value the Delta table rejects, as a dead letter. Its raw bytes were
+        not kept (the hot path keeps decoded events only), so the value is the event as decoded."""
+        off, pos, op, before, after, ts_ms, txid, key = ev[:8]
+        value = orjson.dumps({"before": before, "after": after, "op": op, "source": {"ts_ms": ts_ms, "txId": txid}})
+        log.warning("%s; sent to the dead-letter topic", reason)
+        return DeadLetter(off, key, value, [(POSITION_HEADER, pos)], reason)
+
+    async def _send_dead(self, batch: Batch) -> bool:
+        """Dead letters are acknowledged before the commit that covers their offsets, so a crash
+        between the two re-sends them (at least once) but never loses one."""
+        assert self.dead_letters is not None
+        attempt = 0
+        while self.active:
+            try:
+                await self.dead_letters.send(self, batch.dead)
+                self.dead_lettered += len(batch.dead)
+                self._metrics.dead_letters.inc(len(batch.dead))
+                return True
+            except Exception as e:  # the broker: retried like a commit, the table does not advance meanwhile
+                attempt += 1
+                if self.closing and attempt >= 3:
+                    raise TransientError(f"table {self.qualified}: sending {len(batch.dead)} dead letter(s) failed: {e}") from e
+                self.retrying = f"dead-letter topic: {e.__class__.__name__}: {e}"
+                log.warning("%s: sending dead letters failed (attempt %d: %s); retrying", self.qualified, attempt, e)
+                await asyncio.sleep(min(30.0, 0.25 * 2 ** (attempt - 1)))
+        return False
 
     async def _commit(self, plan: Plan, batch: Batch) -> bool:
         attempt = 0
@@ -443,6 +553,7 @@ class TableWriter:
                 if not is_retriable(e):
                     raise
                 attempt += 1
+                self._metrics.retries.inc()
                 if self.closing and attempt >= 3:
                     raise TransientError(f"table {self.qualified}: {e}") from e
                 delay = min(30.0, 0.25 * 2 ** (attempt - 1))
@@ -461,6 +572,7 @@ class TableWriter:
             self.version = res.version
             self.committed_at = res.committed_at
             self.commits += 1
+            self._metrics.commits.inc()
         self.rows_applied += plan.events
         if self.active:
             self._feed.committed(self.tp, batch.last + 1)
@@ -499,6 +611,7 @@ class TableWriter:
             "next_offset": self.next_offset,
             "last_position": self.committed_position.hex() if self.committed_position else None,
             "duplicates_dropped": self.duplicates,
+            "dead_lettered": self.dead_lettered,
             "rows_applied": self.rows_applied,
             "commits": self.commits,
             "buffered_events": len(self._events),
