@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,11 +15,13 @@ import orjson
 import typer
 import yaml
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from lakeward.core import lake as lakefs
+from lakeward.core import progress
 from lakeward.core.config import LakewardConfig, config_as_dict, load_config
-from lakeward.core.errors import LakewardError
+from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.core.runner import build_workers, run_workers
 
@@ -50,6 +53,7 @@ def _main(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     _state["config_path"] = config
+    _state["log_format"] = log_format.value
     setup_logging(log_level, log_format.value)
 
 
@@ -89,11 +93,18 @@ def show_config(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 def run(
     source: Annotated[Optional[list[str]], typer.Option("--source", help="Run only this source (repeatable).")] = None,
     sink: Annotated[Optional[list[str]], typer.Option("--sink", help="Run only this sink (repeatable).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        "--metrics-port", envvar="LAKEWARD_METRICS_PORT", min=0, max=65535,
+        help="Serve /metrics, /healthz and /readyz on this port instead of metrics.port; 0 turns them off.")] = None,
 ) -> None:
     """Run sources and sinks until SIGTERM/SIGINT, which drains in-flight work and exits 0."""
     try:
-        workers = build_workers(_config(), source, sink)
-        code = asyncio.run(run_workers(workers))
+        cfg = _config()
+        workers = build_workers(cfg, source, sink)
+        served = cfg.metrics if metrics_port is None else cfg.metrics.model_copy(update={"port": metrics_port})
+        if err.is_terminal and _state.get("log_format") == "text":
+            progress.install(progress.SnapshotBars(err))
+        code = asyncio.run(run_workers(workers, metrics_config=served))
     except LakewardError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -187,7 +198,7 @@ def replay(
         sink_cfg = cfg.sink(sink)
         paths = lakefs.sink_tables(cfg, sink_cfg, only=table)
         for name, path in paths.items():
-            lakefs.drop_table(path)
+            lakefs.drop_table(path, cfg.lake)
             logging.getLogger("lakeward.replay").info("dropped lake table %s (%s); rebuilding from the topic", name, path)
         workers = build_workers(cfg, None, [sink])
         code = asyncio.run(_replay(workers[0]))
@@ -200,9 +211,125 @@ async def _replay(worker: Any) -> int:
     """Run the sink until it has caught up with every topic's end as of now, then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(run_workers([worker], stop))
-    await worker.wait_caught_up(stop)
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        job = bar.add_task(f"replay {worker.config.name}", total=None)
+        await worker.wait_caught_up(stop, progress=lambda done, total: bar.update(job, completed=done, total=total))
     stop.set()
     return await task
+
+
+lake_app = typer.Typer(no_args_is_help=True, help="Maintenance of the lake's Delta tables; safe while sinks write them.")
+app.add_typer(lake_app, name="lake")
+TableOption = Annotated[Optional[list[str]], typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")]
+SinkOption = Annotated[Optional[str], typer.Option("--sink", help="Only the tables this sink writes.")]
+
+
+def _maintain(operation: str, tables: list[str] | None, sink: str | None, **options: Any) -> None:
+    from lakeward.sinks.delta import maintenance
+
+    try:
+        cfg = _config()
+        found = lakefs.sink_tables(cfg, cfg.sink(sink), only=tables) if sink else lakefs.list_tables(cfg.lake)
+        if tables and not sink:
+            unknown = [t for t in tables if t not in found]
+            if unknown:
+                raise ConfigError(f"no lake table {', '.join(unknown)} under {cfg.lake.uri}; known: {', '.join(found) or 'none'}")
+            found = {t: found[t] for t in tables}
+        out = Table("table", "version before", "after", "result", "conflicts retried", "seconds", title=f"lake {operation}")
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task(operation, total=len(found))
+            for name, uri in found.items():
+                progress.update(task, description=f"{operation} {name}")
+                r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)  # type: ignore[arg-type]
+                out.add_row(name, str(r.version_before), str(r.version_after), ", ".join(f"{k}={v}" for k, v in r.details.items()),
+                            str(r.conflicts), str(r.seconds))
+                progress.advance(task)
+    except LakewardError as e:
+        _fail(e)
+    console.print(out)
+
+
+@lake_app.command("optimize")
+def lake_optimize(table: TableOption = None, sink: SinkOption = None,
+                  target_size: Annotated[Optional[int], typer.Option(help="Target file size in bytes (delta-rs default: 100 MiB).")] = None) -> None:
+    """Compact small files (one Delta OPTIMIZE commit per table)."""
+    _maintain("optimize", table, sink, target_size=target_size)
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(table: TableOption = None, sink: SinkOption = None,
+                retention_hours: Annotated[float, typer.Option(help="Keep removed files younger than this (at least 1).")] = 168.0,
+                dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the files that would be deleted.")] = False) -> None:
+    """Delete data files no table version within the retention still references."""
+    from lakeward.sinks.delta.maintenance import check_retention
+
+    try:
+        check_retention(retention_hours)
+    except LakewardError as e:
+        _fail(e)
+    _maintain("vacuum", table, sink, retention_hours=retention_hours, dry_run=dry_run)
+
+
+@lake_app.command("checkpoint")
+def lake_checkpoint(table: TableOption = None, sink: SinkOption = None) -> None:
+    """Write a checkpoint of the current version (readers skip replaying the log); expired logs are cleaned up."""
+    _maintain("checkpoint", table, sink)
+
+
+demo_app = typer.Typer(no_args_is_help=True, help="The demo shop (PostgreSQL) and inventory (MySQL/MariaDB): setup, load, check.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("setup")
+def demo_setup(
+    reset: Annotated[bool, typer.Option("--reset", help="Drop the demo tables, slot, topics and lake tables first.")] = False,
+) -> None:
+    """Create the demo tables and seed rows in the config's postgres and mysql sources (idempotent)."""
+    from lakeward.core.demo import data
+
+    try:
+        data.setup(_config(), reset=reset)
+    except LakewardError as e:
+        _fail(e)
+    console.print("demo databases ready" + (" (reset)" if reset else ""))
+
+
+@demo_app.command("load")
+def demo_load(
+    seconds: Annotated[float, typer.Option(help="How long to run; 0 runs until stopped.")] = 60.0,
+    rate: Annotated[float, typer.Option(help="Transactions per second in each database.")] = 50.0,
+) -> None:
+    """Change the demo databases: orders, payments and stock moves; one ALTER TABLE in each, mid-run."""
+    from lakeward.core.demo import data
+
+    try:
+        gen = data.LoadGenerator(data.demo_sources(_config()))
+    except LakewardError as e:
+        _fail(e)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `docker stop` / the demo end the load like Ctrl-C
+    try:
+        gen.run(seconds, rate=rate)
+    except KeyboardInterrupt:
+        pass
+    console.print(f"load done: {gen.changes['shop']} shop changes, {gen.changes['inventory']} inventory changes")
+
+
+def _raise_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@demo_app.command("check")
+def demo_check() -> None:
+    """Compare every demo table in the lake with its source: row counts and checksums; exit 1 if any differs."""
+    from lakeward.core.demo import check, data
+
+    try:
+        cfg = _config()
+        wide = console if console.is_terminal else Console(width=max(console.width, 140))  # CI logs: no wrapped rows
+        ok = check.report(check.check_all(cfg, data.demo_sources(cfg)), wide)
+    except LakewardError as e:
+        _fail(e)
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:
