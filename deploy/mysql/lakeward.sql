@@ -1,0 +1,14 @@
+-- Grants of the demo's CDC user on the MySQL container (deploy/docker-compose.yml mounts this file
+-- into /docker-entrypoint-initdb.d/; it runs once, when the container initializes an empty datadir).
+--
+-- The image's entrypoint has already created the user 'lakeward'@'%' from MYSQL_USER /
+-- MYSQL_PASSWORD (so the password stays in the environment, not here) and granted it ALL on the
+-- `inventory` database (MYSQL_DATABASE), where `lakeward demo setup` creates and the load generator
+-- changes the demo tables.
+--
+-- What the MySQL source checks at start (connectors/mysql/catalog.py, docs/mysql.md):
+--   REPLICATION SLAVE   read the binlog (COM_BINLOG_DUMP / _GTID)
+--   REPLICATION CLIENT  SHOW BINARY LOG STATUS, SHOW BINARY LOGS
+--   RELOAD              the brief FLUSH TABLES WITH READ LOCK that pins the snapshot's binlog position
+--   SELECT              read the captured tables (could be limited to inventory.*)
+GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD, SELECT ON *.* TO 'lakeward'@'%';
