@@ -1,6 +1,7 @@
 # Lakeward developer entry points. Everything runs as root on Debian 12:
 #   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB + MinIO (S3) on 127.0.0.1
 #   make test       services + venv, then the test suite
+#   make demo       PostgreSQL + Kafka + MariaDB + venv, then the demo (DEMO_SECONDS=60 by default)
 # See deploy/local/services.sh for the service details and its environment knobs.
 
 SHELL := /bin/bash
@@ -60,7 +61,10 @@ $(VENV_STAMP): pyproject.toml
 test: services venv
 	$(PYTEST) -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
-demo: services venv
+# The demo's lake is local: it needs PostgreSQL, Kafka and MariaDB, not the S3 server (whose first
+# build takes minutes on a fresh machine).
+demo: venv
+	$(SERVICES) start postgres kafka mariadb
 	$(PY) -m lakeward.core.demo deploy/lakeward.yaml
 
 bench: services venv
