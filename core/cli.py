@@ -235,13 +235,13 @@ def _maintain(operation: str, tables: list[str] | None, sink: str | None, **opti
             if unknown:
                 raise ConfigError(f"no lake table {', '.join(unknown)} under {cfg.lake.uri}; known: {', '.join(found) or 'none'}")
             found = {t: found[t] for t in tables}
-        out = Table("table", "version before", "after", "result", "conflicts retried", "seconds", title=f"lake {operation}")
+        out = Table("table", "version", "result", "conflicts", "seconds", title=f"lake {operation}")
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task(operation, total=len(found))
             for name, uri in found.items():
                 progress.update(task, description=f"{operation} {name}")
                 r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)  # type: ignore[arg-type]
-                out.add_row(name, str(r.version_before), str(r.version_after), ", ".join(f"{k}={v}" for k, v in r.details.items()),
+                out.add_row(name, f"{r.version_before} → {r.version_after}", " ".join(f"{k}={v}" for k, v in r.details.items()),
                             str(r.conflicts), str(r.seconds))
                 progress.advance(task)
     except LakewardError as e:

@@ -127,6 +127,9 @@ class Demo:
         console.print(f"\nThe lake is at [bold]{lake}[/]; the config at {self.config}. Query it:")
         console.print(f"  LAKEWARD_LAKE={lake} {shlex.join(self.command('query', 'SELECT status, count(*) FROM shop.public.orders GROUP BY 1'))}")
         console.print(f"  LAKEWARD_LAKE={lake} {shlex.join(self.command('status'))}")
+        slot = demo_sources(load_config(self.config)).shop.slot_name
+        console.print(f"The replication slot {slot} stays, so `lakeward run` resumes where the demo stopped; it holds WAL while "
+                      f"nothing reads it. `make demo` starts over; to retire it: SELECT pg_drop_replication_slot('{slot}')")
         console.print("[bold green]lake == source[/]" if ok else "[bold red]lake != source[/]")
         return 0 if ok else 1
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from lakeward.core.errors import ConfigError, TransientError
 
@@ -57,21 +57,24 @@ def run(table: str, uri: str, operation: Operation, *, storage_options: dict[str
     if operation == "vacuum":
         check_retention(retention_hours)
     started = time.monotonic()
-    dt = DeltaTable(uri, storage_options=storage_options or None)
-    before = dt.version()
-    conflicts = 0
-    while True:
-        try:
-            details = _apply(dt, operation, retention_hours=retention_hours, target_size=target_size, dry_run=dry_run)
-            break
-        except CommitFailedError as e:
-            conflicts += 1
-            if conflicts > CONFLICT_RETRIES:
-                raise TransientError(f"{operation} of {table}: kept conflicting with concurrent writers ({e}); try again") from e
-            log.info("%s of %s conflicted with a concurrent commit (%s); reloading and retrying", operation, table, e)
-            time.sleep(min(0.1 * 2**conflicts, 2.0))
-            dt.update_incremental()
-    dt.update_incremental()
+    try:
+        dt = DeltaTable(uri, storage_options=storage_options or None)
+        before = dt.version()
+        conflicts = 0
+        while True:
+            try:
+                details = _apply(dt, operation, retention_hours=retention_hours, target_size=target_size, dry_run=dry_run)
+                break
+            except CommitFailedError as e:
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise TransientError(f"{operation} of {table}: kept conflicting with concurrent writers ({e}); try again") from e
+                log.info("%s of %s conflicted with a concurrent commit (%s); reloading and retrying", operation, table, e)
+                time.sleep(min(0.1 * 2**conflicts, 2.0))
+                dt.update_incremental()
+        dt.update_incremental()
+    except (DeltaError, OSError) as e:  # storage or a damaged table: name it, don't dump a traceback
+        raise TransientError(f"{operation} of {table} at {uri} failed: {e.__class__.__name__}: {e}") from e
     return Result(table, operation, before, dt.version(), details, conflicts, round(time.monotonic() - started, 3))
 
 
