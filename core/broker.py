@@ -181,6 +181,29 @@ async def read_topic(cfg: BrokerConfig, topic: str) -> list[Any]:
         await c.stop()
 
 
+class StateTopic:
+    """A source's progress document in its compacted topic `<prefix>.<source>.__state`: one key, the
+    newest value wins. In the broker, so a fresh worker on another machine finds it; a source writes
+    it only once the broker acknowledged the events it vouches for."""
+
+    def __init__(self, cfg: BrokerConfig, source: str, key: bytes):
+        self.cfg = cfg
+        self.name = f"{cfg.topic_prefix}.{source}.__state"
+        self.key = key
+
+    async def read(self) -> bytes | None:
+        """The newest document, or None (never written, or cleared by a tombstone)."""
+        value = None
+        for r in await read_topic(self.cfg, self.name):
+            if r.key == self.key:
+                value = r.value
+        return value
+
+    async def write(self, producer: AIOKafkaProducer, value: bytes) -> None:
+        """Returns once the broker acknowledged it (acks=all)."""
+        await (await producer.send(self.name, key=self.key, value=value))
+
+
 class BatchPublisher:
     """Appends events to per-topic record batches without a coroutine call per event.
 

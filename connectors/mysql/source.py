@@ -82,7 +82,7 @@ class MySQLSource(Source):
     def __init__(self, config: MySQLSourceConfig, *, broker: BrokerConfig):
         super().__init__(config, broker=broker)
         self.prefix = broker.topic_prefix
-        self.state_topic = f"{self.prefix}.{config.name}.__state"
+        self.state = kafka.StateTopic(broker, config.name, STATE_KEY)
         self.history_topic = f"{self.prefix}.{config.name}.__schema_history"
         self.events_published = 0
         self.reader: Reader | None = None
@@ -112,9 +112,9 @@ class MySQLSource(Source):
                     raise SourceSetupError(
                         f"MySQL at {cfg.where} is not the server this source's positions come from (state: {state.server}, "
                         f"server: {server.identity}): after a failover, binlog positions don't continue the stored ones. "
-                        f"Rebuild: delete the source's state topic {self.state_topic} and its table topics, drop its lake "
+                        f"Rebuild: delete the source's state topic {self.state.name} and its table topics, drop its lake "
                         "tables (or give the source a new name), then start it; see docs/mysql.md, Failover")
-                catalog.check_position_available(conn, cfg, state.resume.file, state.resume.pos, self.state_topic)
+                catalog.check_position_available(conn, cfg, state.resume.file, state.resume.pos, self.state.name)
             return server, tables
         finally:
             conn.close()
@@ -162,7 +162,7 @@ class MySQLSource(Source):
                 self._producer, self._admin = producer, admin
                 self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
                 self._schemas = kafka.SchemaPublisher(self.broker, self.config.name, producer, admin)
-                await admin.ensure_topic(self.state_topic, compact=True)
+                await admin.ensure_topic(self.state.name, compact=True)
                 await admin.ensure_topic(self.history_topic, compact=True)
                 await self._run(stop)
         finally:
@@ -315,14 +315,11 @@ class MySQLSource(Source):
     # --- state topic -------------------------------------------------------------------------
 
     async def _write_state(self) -> None:
-        await (await self._producer.send(self.state_topic, key=STATE_KEY, value=self._state.to_json()))
+        await self.state.write(self._producer, self._state.to_json())
 
     async def _read_state(self) -> SourceState | None:
-        state = None
-        for r in await kafka.read_topic(self.broker, self.state_topic):
-            if r.key == STATE_KEY:
-                state = SourceState.from_json(r.value) if r.value else None
-        return state
+        value = await self.state.read()
+        return SourceState.from_json(value) if value is not None else None
 
 
 def bytes_behind(binary_logs: list[tuple], file: str, pos: int) -> int:

@@ -119,7 +119,7 @@ class PostgresSource(Source):
     def __init__(self, config: PostgresSourceConfig, *, broker: BrokerConfig):
         super().__init__(config, broker=broker)
         self.prefix = broker.topic_prefix
-        self.state_topic = f"{self.prefix}.{config.name}.__state"
+        self.state = kafka.StateTopic(broker, config.name, STATE_KEY)
         self._builder = catalog.SchemaBuilder(config.name)
         self._relations: dict[int, _Table] = {}
         self._confirmed = 0
@@ -175,7 +175,7 @@ class PostgresSource(Source):
                     self._producer, self._admin = producer, admin
                     self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
                     self._schemas = kafka.SchemaPublisher(self.broker, cfg.name, producer, admin)
-                    await admin.ensure_topic(self.state_topic, compact=True)
+                    await admin.ensure_topic(self.state.name, compact=True)
                     await self._run(stop)
             finally:
                 await producer.stop()
@@ -279,15 +279,14 @@ class PostgresSource(Source):
     # --- state topic -------------------------------------------------------------------------
 
     async def _write_state(self, state: _SnapshotState) -> None:
-        await (await self._producer.send(self.state_topic, key=STATE_KEY, value=state.to_json()))
+        await self.state.write(self._producer, state.to_json())
 
     async def _read_state(self) -> _SnapshotState | None:
-        state = None
-        for r in await kafka.read_topic(self.broker, self.state_topic):
-            if r.key == STATE_KEY and r.value:
-                d = orjson.loads(r.value)
-                state = _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
-        return state
+        value = await self.state.read()
+        if value is None:
+            return None
+        d = orjson.loads(value)
+        return _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
 
     # --- tables and events -------------------------------------------------------------------
 
