@@ -56,6 +56,7 @@ from typing import Any
 import psycopg
 from aiokafka import TopicPartition
 
+from lakeward.connectors.postgres.catalog import drop_slot
 from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 
@@ -404,12 +405,7 @@ class Bench:
             log(f"could not delete the benchmark topics: {e}")
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.db,)).fetchall():
-                conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,))
-                for _ in range(50):
-                    if conn.execute("SELECT NOT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
-                        break
-                    time.sleep(0.1)
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                drop_slot(conn, slot)
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)

@@ -63,8 +63,8 @@ class SnapshotBars:
             task = self._tasks.pop((source, table), None)
             if task is None or self._progress is None:
                 return
-            done = self._progress.tasks[[t.id for t in self._progress.tasks].index(task)].completed
-            self._progress.update(task, total=done, completed=done)  # the estimate was only an estimate
+            done = next(t.completed for t in self._progress.tasks if t.id == task)
+            self._progress.update(task, total=done)  # the estimate was only an estimate
             if not self._tasks:
                 self._progress.stop()
                 self._progress = None

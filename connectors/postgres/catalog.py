@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import time
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -21,6 +22,19 @@ def describe_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return mask_text(dsn)
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', info.get('user', ''))}"
+
+
+def drop_slot(conn: psycopg.Connection, slot: str, *, wait_s: float = 5.0) -> None:
+    """Drop a replication slot, if it exists, ending the walsender that holds it first. Blocking (an
+    autocommit connection to any database of the cluster): for the tools around the pipeline — the
+    demo's reset, the tests' and benchmarks' clean-up."""
+    conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,))
+    deadline = time.monotonic() + wait_s
+    while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)).fetchone():
+        if time.monotonic() > deadline:
+            break  # the drop below then fails, saying which process still holds it
+        time.sleep(0.1)
+    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
 
 
 async def connect(dsn: str, *, replication: bool = False) -> psycopg.AsyncConnection:

@@ -127,7 +127,7 @@ class Demo:
         console.print(f"\nThe lake is at [bold]{lake}[/]; the config at {self.config}. Query it:")
         console.print(f"  LAKEWARD_LAKE={lake} {shlex.join(self.command('query', 'SELECT status, count(*) FROM shop.public.orders GROUP BY 1'))}")
         console.print(f"  LAKEWARD_LAKE={lake} {shlex.join(self.command('status'))}")
-        slot = demo_sources(load_config(self.config)).shop.slot_name
+        slot = sources.shop.slot_name
         console.print(f"The replication slot {slot} stays, so `lakeward run` resumes where the demo stopped; it holds WAL while "
                       f"nothing reads it. `make demo` starts over; to retire it: SELECT pg_drop_replication_slot('{slot}')")
         console.print("[bold green]lake == source[/]" if ok else "[bold red]lake != source[/]")
@@ -140,7 +140,6 @@ class Demo:
         status_workers = build_workers(cfg, None, None)
         live = Live(console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
         last_print = 0.0
-        caught_up_since: float | None = None
         deadline: float | None = None
         if live:
             live.start()
@@ -161,7 +160,6 @@ class Demo:
                         raise RuntimeError(f"the load generator exited with {load.returncode}; see {self.workdir}/logs/load.log")
                     deadline = deadline or time.monotonic() + CATCH_UP_TIMEOUT_S
                     if _caught_up(report):
-                        caught_up_since = caught_up_since or time.monotonic()
                         checks = await asyncio.to_thread(check_all, cfg, sources)
                         if all(c.equal for c in checks):
                             if live:

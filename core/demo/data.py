@@ -15,6 +15,7 @@ import pymysql
 
 from lakeward.connectors.mysql import catalog as mysql_catalog
 from lakeward.connectors.mysql.config import MySQLSourceConfig
+from lakeward.connectors.postgres import catalog as pg_catalog
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.core import broker as kafka
 from lakeward.core import lake as lakefs
@@ -87,13 +88,7 @@ def setup_shop(src: PostgresSourceConfig, *, reset: bool) -> None:
     with psycopg.connect(_admin_dsn(src.dsn), autocommit=True) as admin:
         if reset:
             # The slot pins WAL and remembers what was already sent: a fresh demo starts without it.
-            admin.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active",
-                          (src.slot_name,))
-            for _ in range(50):
-                if not admin.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (src.slot_name,)).fetchone():
-                    break
-                time.sleep(0.1)
-            admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (src.slot_name,))
+            pg_catalog.drop_slot(admin, src.slot_name)
             if dbname != "postgres":
                 admin.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(dbname)))
         if dbname != "postgres" and not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():

@@ -427,20 +427,17 @@ class DeltaSink(Sink):
         with (events written, events to write) at every poll."""
         ends = await self._selected_ends()
         while not stop.is_set():
-            pending = 0
-            if progress is not None:
-                written = 0
-                for tp, end in ends.items():
-                    w = self._writers.get(tp)
-                    if w is not None and w.committed_offset is not None:
-                        written += min(end, w.committed_offset + 1)
-                progress(written, sum(ends.values()))
+            pending = written = 0
             for tp, end in ends.items():
                 w = self._writers.get(tp)
                 if w is not None and w.stopped:
                     raise w.error or w._pending_error  # type: ignore[misc]
                 if w is None or not w.caught_up(end):
                     pending += 1
+                if w is not None and w.committed_offset is not None:
+                    written += min(end, w.committed_offset + 1)
+            if progress is not None:
+                progress(written, sum(ends.values()))
             if not pending:
                 return
             await asyncio.sleep(poll_s)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from lakeward.connectors.postgres.catalog import drop_slot
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
@@ -30,12 +31,7 @@ def dsn_for(dbname: str) -> str:
 def _drop_database(name: str) -> None:
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)).fetchall():
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,))
-            for _ in range(50):
-                if conn.execute("SELECT NOT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
-                    break
-                time.sleep(0.1)
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            drop_slot(conn, slot)
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

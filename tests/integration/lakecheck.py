@@ -39,8 +39,13 @@ def lake_rows(lake: Path | str, table: str, key: str = "id", *, source: str = "s
 def lake_equals_source(dsn: str, lake: Path | str, table: str, key: str = "id", *, dropped: tuple[str, ...] = (),
                        storage_options: dict[str, str] | None = None):
     """True when equal; else a short description of the first difference (for wait_until messages)."""
-    want = source_rows(dsn, table, key)
-    got = lake_rows(lake, table, key, storage_options=storage_options)
+    return compare(table, lake_rows(lake, table, key, storage_options=storage_options), source_rows(dsn, table, key), dropped=dropped)
+
+
+def compare(table: str, got: list[dict] | None, want: list[dict], *, dropped: tuple[str, ...] = ()) -> bool | str:
+    """Lake rows (None: no table yet) against source rows, both sorted by key: True when equal, else
+    a short description of the first difference (for wait_until messages). `dropped`: columns gone
+    at the source that the lake keeps."""
     if got is None:
         return f"no lake table for {table} yet"
     got = [{k: v for k, v in r.items() if k not in dropped} for r in got]

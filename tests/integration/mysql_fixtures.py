@@ -125,14 +125,4 @@ def lake_rows(lake: Path, db: str, table: str, key: str = "id", *, metadata: boo
 def lake_equals_mysql(db: str, lake: Path, table: str, key: str = "id", *, dropped: tuple[str, ...] = (),
                       booleans: tuple[str, ...] = ()) -> bool | str:
     """True when equal; else a short description of the first difference (for wait_until messages)."""
-    want = mysql_rows(db, table, key, booleans)
-    got = lake_rows(lake, db, table, key)
-    if got is None:
-        return f"no lake table for {db}.{table} yet"
-    got = [{k: v for k, v in r.items() if k not in dropped} for r in got]
-    if len(got) != len(want):
-        return f"{table}: lake has {len(got)} rows, source {len(want)}"
-    for g, w in zip(got, want):
-        if set(g) != set(w) or any(g[k] != w[k] for k in w):
-            return f"{table}: first differing row: lake {g} != source {w}"
-    return True
+    return lakecheck.compare(f"{db}.{table}", lake_rows(lake, db, table, key), mysql_rows(db, table, key, booleans), dropped=dropped)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,12 +79,6 @@ def test_validate_reports_file_line_and_hint(tmp_path):
 
 def test_run_on_a_terminal_shows_snapshot_progress_bars(database, prefix, tmp_path):
     """On a terminal (a pty here) `lakeward run` draws a bar per table snapshot; logs stay readable."""
-    import os
-    import pty
-    import re
-    import select
-    import time
-
     sql(database, "CREATE TABLE items (id int PRIMARY KEY, v text)", "INSERT INTO items SELECT g, 'x' FROM generate_series(1, 20000) g",
         "ANALYZE items")
     lake = tmp_path / "lake"
