@@ -57,9 +57,9 @@ def producer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaProducer:
 
 def consumer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaConsumer:
     # Small fetches: aiokafka decompresses and materialises a whole fetch response at once, and holds
-    # one ahead. A sink replaying 1M events peaked at 688 MB RSS with 8 MiB per partition, 416 MB with
-    # 256 KiB, at the same or better speed (docs/performance.md). A batch larger than the limit still
-    # comes whole (Kafka returns at least one batch).
+    # one ahead. A sink replaying 1M events peaked at 829 MB RSS with 8 MiB per partition, 425 MB with
+    # 256 KiB, at the same speed (benchmarks/sink_memory.py, docs/performance.md). A batch larger than
+    # the limit still comes whole (Kafka returns at least one batch).
     kw = dict(enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
               max_partition_fetch_bytes=256 << 10, fetch_max_bytes=16 << 20)
     kw.update(overrides)
