@@ -67,6 +67,59 @@ def arrow_type(lake_type: str) -> pa.DataType:
     raise ValueError(f"unknown lake type {lake_type!r}")
 
 
+# Physical Arrow types of the Parquet files every sink commit writes. delta-rs' MERGE (DataFusion)
+# writes strings and binaries as views and lists with 32-bit offsets and an `element` field, whatever
+# its input; plain writes store their input's types. So every commit kind is cast to what MERGE
+# writes, and a column has one physical type in every file the sink writes (docs/type-mapping.md).
+_VIEW = {pa.string(): pa.string_view(), pa.large_string(): pa.string_view(), pa.string_view(): pa.string_view(),
+         pa.binary(): pa.binary_view(), pa.large_binary(): pa.binary_view(), pa.binary_view(): pa.binary_view()}
+
+
+def storage_type(t: pa.DataType) -> pa.DataType:
+    """The physical Arrow type a sink commit writes for a column of Arrow type `t`."""
+    if t in _VIEW:
+        return _VIEW[t]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        v = t.value_field
+        return pa.list_(pa.field("element", storage_type(v.type), v.nullable, v.metadata))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, storage_type(f.type), f.nullable, f.metadata) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(storage_type(t.key_type), storage_type(t.item_type))
+    return t
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with every column in its physical type (see `storage_type`)."""
+    return pa.schema([pa.field(f.name, storage_type(f.type), f.nullable, f.metadata) for f in schema], metadata=schema.metadata)
+
+
+def to_storage(table: pa.Table) -> pa.Table:
+    """`table` cast to its physical types; the same table when it has them already."""
+    target = storage_schema(table.schema)
+    return table if target.equals(table.schema) else table.cast(target)
+
+
+TIMESTAMP_NTZ_FEATURE = "timestampNtz"
+
+
+def required_features(t: pa.DataType) -> set[str]:
+    """Delta table features (protocol names) a column of Arrow type `t` needs, nested types included.
+
+    `timestamp_ntz` (an Arrow timestamp without a time zone) needs `timestampNtz` (reader 3 /
+    writer 7): without it delta-rs and Spark refuse to read the table at all.
+    """
+    if pa.types.is_timestamp(t):
+        return set() if t.tz else {TIMESTAMP_NTZ_FEATURE}
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return required_features(t.value_type)
+    if pa.types.is_struct(t):
+        return set().union(*(required_features(f.type) for f in t))
+    if pa.types.is_map(t):
+        return required_features(t.key_type) | required_features(t.item_type)
+    return set()
+
+
 def same_storage(a: pa.DataType, b: pa.DataType) -> bool:
     """Whether two Arrow types store the same Delta type (Delta reads strings back as large or not)."""
     norm = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary(), pa.string_view(): pa.large_string()}

@@ -10,18 +10,19 @@ with CommitFailedError (fencing).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, TableFeatures, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lakeward.core import metrics
-from lakeward.core.errors import CommitConflict, SchemaChangeError, TerminalError
+from lakeward.core.errors import CommitConflict, SchemaChangeError
+from lakeward.core.retry import Backoff, deterministic, is_retriable
+from lakeward.core.types import TIMESTAMP_NTZ_FEATURE, required_features, to_storage
 from lakeward.sinks.delta.batch import DELETE_FLAG, KEEP_PREFIX, Plan
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,13 @@ PARTITION_KEY = "lakeward.partition"
 TOPIC_KEY = "lakeward.topic"
 OFFSETS_KEY = "lakeward.offsets"
 SINK_KEY = "lakeward.sink"
+PROTOCOL_KEY = "lakeward.protocol"
+"""Commit metadata of a protocol upgrade commit: the features it added."""
 
-# Errors delta-rs reports as a plain DeltaError/Exception that no retry can fix.
-_DETERMINISTIC = re.compile(r"Cast error|Schema error|Arrow error|SchemaMismatch|Invalid argument|Unsupported|cannot be cast|Cannot merge", re.I)
+FEATURES = {TIMESTAMP_NTZ_FEATURE: TableFeatures.TimestampWithoutTimezone}
+"""Table features a column type may need (core/types.required_features) -> delta-rs' enum."""
+
+__all__ = ["LakeTable", "LakeState", "Committed", "classify", "is_retriable", "app_id"]
 
 
 def app_id(topic: str, partition: int) -> str:
@@ -67,9 +72,7 @@ class Committed:
 
 def classify(exc: BaseException, table: str) -> BaseException:
     """Turn a delta-rs error into a terminal one when retrying cannot help; return it unchanged otherwise."""
-    if isinstance(exc, (SchemaMismatchError, DeltaProtocolError)) or (
-        not isinstance(exc, (CommitFailedError, OSError)) and _DETERMINISTIC.search(str(exc))
-    ):
+    if deterministic(exc):
         return SchemaChangeError(f"table {table}: the Delta table rejected the batch ({exc.__class__.__name__}: {exc}); stopped this table")
     return exc
 
@@ -148,6 +151,20 @@ class LakeTable:
     def schema(self) -> pa.Schema | None:
         return pa.schema(self.dt.schema().to_arrow()) if self.dt is not None else None
 
+    def lookup(self, keys: pa.Table, columns: list[str]) -> pa.Table | None:
+        """Rows whose primary key (the columns of `keys`) is one of `keys`, with the key and `columns`
+        (those the table has); None without a table. Reads the snapshot as loaded, never a newer one:
+        the next commit is fenced on it (the values of key changes, see batch.plan_mirror)."""
+        if self.dt is None:
+            return None
+        ds = self.dt.to_pyarrow_dataset()
+        pk = keys.column_names
+        expr = None
+        for c in pk:
+            values = keys.column(c).cast(ds.schema.field(c).type).unique()
+            expr = pc.field(c).isin(values) if expr is None else expr & pc.field(c).isin(values)
+        return ds.to_table(columns=pk + [c for c in columns if c in ds.schema.names and c not in pk], filter=expr)
+
     # --- writing --------------------------------------------------------------------------------
 
     def commit(self, plan: Plan, *, expected: int | None, txn: int, position: bytes | None, first: int) -> Committed:
@@ -173,7 +190,8 @@ class LakeTable:
         if position is not None:
             meta[POSITION_KEY] = position.hex()
         props = CommitProperties(app_transactions=[Transaction(self.app_id, txn)], custom_metadata=meta)
-        for attempt in range(6):
+        backoff = Backoff(initial=0.05, maximum=1.0)
+        for _ in range(6):
             try:
                 if not self._write(plan, props):
                     return Committed(ok=True, version=None)
@@ -186,7 +204,7 @@ class LakeTable:
                     log.info("%s: commit conflict and txn %s (expected %s): another writer applied these offsets", self.table, found, expected)
                     return Committed(ok=False, txn=found)
                 log.info("%s: commit conflict with another writer (%s); retrying on the new snapshot", self.table, e)
-                time.sleep(min(0.05 * 2**attempt, 1.0))
+                backoff.wait_sync()
             except BaseException as e:
                 err = classify(e, self.table)
                 if err is e:
@@ -195,33 +213,70 @@ class LakeTable:
         raise CommitConflict(f"table {self.table}: commit kept conflicting with other writers; will retry")
 
     def _write(self, plan: Plan, props: CommitProperties) -> bool:
-        """One commit; False when nothing was written (an empty batch and no table yet)."""
+        """One commit; False when nothing was written (an empty batch and no table yet).
+
+        Every commit kind writes the same physical types (core/types.storage_type), and a column
+        that needs a table feature (timestamp_ntz) gets it in a commit before the data's.
+        """
         if plan.kind == "none":
             if self.dt is None:
                 return False
-            empty = self.schema().empty_table()  # type: ignore[union-attr]
+            empty = to_storage(self.schema().empty_table())  # type: ignore[union-attr]
             write_deltalake(self.dt, empty, mode="append", commit_properties=props)
             return True
+        assert plan.data is not None
         if self.dt is None:
-            # A new table: a merge into nothing is an insert of its upserts.
-            data = plan.plain() if plan.kind == "merge" else plan.data
+            # A new table: a merge into nothing is an insert of its upserts. Creating a table
+            # enables the features its columns need (checked by the tests).
+            data = to_storage(plan.plain() if plan.kind == "merge" else plan.data)
             write_deltalake(self.uri, data, mode="append", storage_options=self.storage_options, commit_properties=props,
                             configuration=self.properties)
             self.dt = DeltaTable(self.uri, storage_options=self.storage_options)
             return True
+        data = to_storage(plan.data)
+        self.upgrade_protocol(data.schema)
         if plan.kind == "append":
-            write_deltalake(self.dt, plan.data, mode="append", schema_mode="merge", commit_properties=props)
+            write_deltalake(self.dt, data, mode="append", schema_mode="merge", commit_properties=props)
         elif plan.kind == "overwrite":
-            write_deltalake(self.dt, plan.data, mode="overwrite", schema_mode="merge", commit_properties=props)
+            write_deltalake(self.dt, data, mode="overwrite", schema_mode="merge", commit_properties=props)
         elif plan.kind == "merge":
-            self._merge(plan, props)
+            self._merge(plan, data, props)
         else:
             raise ValueError(plan.kind)
         return True
 
-    def _merge(self, plan: Plan, props: CommitProperties) -> None:
-        assert self.dt is not None and plan.data is not None
-        src = plan.data
+    def missing_features(self, schema: pa.Schema) -> set[str]:
+        """Table features the columns of `schema` need that the table's protocol lacks."""
+        assert self.dt is not None
+        needed: set[str] = set()
+        for f in schema:
+            needed |= required_features(f.type)
+        if not needed:
+            return needed
+        p = self.dt.protocol()
+        have = set(p.reader_features or ()) & set(p.writer_features or ())
+        return needed - have
+
+    def upgrade_protocol(self, schema: pa.Schema) -> None:
+        """Enable the table features the columns of `schema` need, in a commit of its own.
+
+        delta-rs' MERGE adds a timestamp_ntz column without the `timestampNtz` feature, and the
+        table is then unreadable. The upgrade commit carries no data and no app transaction (so it
+        moves no offset and no position) and is idempotent: a crash after it changes nothing.
+        """
+        missing = self.missing_features(schema)
+        if not missing:
+            return
+        assert self.dt is not None
+        names = sorted(missing)
+        self.dt.alter.add_feature([FEATURES[n] for n in names], allow_protocol_versions_increase=True,
+                                  commit_properties=CommitProperties(custom_metadata={SINK_KEY: self.sink, PROTOCOL_KEY: ",".join(names)}))
+        p = self.dt.protocol()
+        log.info("%s: enabled Delta table feature(s) %s for new columns (protocol now reader %s / writer %s)", self.table,
+                 ", ".join(names), p.min_reader_version, p.min_writer_version)
+
+    def _merge(self, plan: Plan, src: pa.Table, props: CommitProperties) -> None:
+        assert self.dt is not None
         target = set(self.schema().names)  # type: ignore[union-attr]
         names = [n for n in src.column_names if not n.startswith("__lw_")]
         updates = {quote(n): f"s.{quote(n)}" for n in names if n not in plan.pk}
@@ -249,9 +304,3 @@ class LakeTable:
             merger = merger.when_matched_update(updates).when_not_matched_insert(inserts)
         merger.execute()
 
-
-def is_retriable(exc: BaseException) -> bool:
-    """Storage hiccups and conflicts: retry with backoff. Everything Lakeward marks terminal: stop."""
-    if isinstance(exc, TerminalError):
-        return False
-    return isinstance(exc, (DeltaError, OSError, CommitConflict, TimeoutError, ConnectionError))

@@ -1,0 +1,120 @@
+"""When to retry, and how long to wait: the one rule every retry loop of Lakeward follows.
+
+`is_retriable(exc)` decides from the error tree (core/errors.py): a Lakeward error carries its own
+`retriable` flag (TransientError and its subclasses True, TerminalError and its subclasses False).
+Errors from libraries are classified once, here:
+
+  * storage, network and timeouts (OSError, ConnectionError, TimeoutError): retriable;
+  * delta-rs errors: retriable (a commit conflict, an object store hiccup) unless the message shows
+    that the same input fails the same way every time (a cast or schema error, an unsupported
+    feature, a protocol violation): `deterministic(exc)`;
+  * broker errors (aiokafka's KafkaError): their own `retriable` flag, timeouts and connection
+    errors retriable as well;
+  * anything else (a bug, an error nobody classified): `unknown` (default False) — a worker's
+    supervisor passes True and restarts the worker, logging the traceback.
+
+`Backoff` gives the delays: exponential from `initial` up to `maximum`, for blocking loops
+(`wait_sync`, in worker threads) and async ones (`wait`, interruptible by a stop event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+
+from lakeward.core.errors import LakewardError
+
+# delta-rs reports these as a plain DeltaError/Exception: no retry can fix them.
+_DETERMINISTIC = re.compile(
+    r"Cast error|Schema error|Arrow error|SchemaMismatch|Invalid argument|Unsupported|cannot be cast|Cannot merge|"
+    r"required '\w+' feature|Invalid table version|Not a Delta table|No files in log segment", re.I)
+
+
+def deterministic(exc: BaseException) -> bool:
+    """A delta-rs error that the same input raises every time (retrying cannot help)."""
+    try:
+        from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+    except ImportError:  # pragma: no cover - deltalake is a dependency
+        return False
+    if isinstance(exc, (SchemaMismatchError, DeltaProtocolError, TableNotFoundError)):
+        return True
+    if isinstance(exc, (CommitFailedError, OSError, LakewardError)):
+        return False
+    # delta-rs raises some of these as a plain Exception: the message tells.
+    return isinstance(exc, Exception) and bool(_DETERMINISTIC.search(str(exc)))
+
+
+def _kafka_retriable(exc: BaseException) -> bool | None:
+    try:
+        from aiokafka import errors as ke
+    except ImportError:  # pragma: no cover - aiokafka is a dependency
+        return None
+    if not isinstance(exc, ke.KafkaError):
+        return None
+    if isinstance(exc, (ke.KafkaTimeoutError, ke.KafkaConnectionError, ke.NodeNotReadyError, ke.RequestTimedOutError,
+                        ke.NotLeaderForPartitionError, ke.LeaderNotAvailableError, ke.CoordinatorNotAvailableError)):
+        return True
+    return bool(getattr(exc, "retriable", False))
+
+
+def is_retriable(exc: BaseException, *, unknown: bool = False) -> bool:
+    """Whether retrying (after a backoff) may help; `unknown` for errors nobody classified."""
+    if isinstance(exc, LakewardError):
+        return bool(exc.retriable)
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    if deterministic(exc):
+        return False
+    try:
+        from deltalake.exceptions import DeltaError
+    except ImportError:  # pragma: no cover
+        DeltaError = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, (DeltaError, OSError, ConnectionError, TimeoutError)):
+        return True
+    kafka = _kafka_retriable(exc)
+    if kafka is not None:
+        return kafka or unknown
+    return unknown
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: `initial`, then ×`factor` per attempt, never above `maximum`."""
+
+    initial: float = 0.25
+    maximum: float = 30.0
+    factor: float = 2.0
+    attempt: int = 0
+    """Failed attempts so far."""
+
+    def next(self) -> float:
+        """Count a failed attempt; the delay to wait before the next one."""
+        self.attempt += 1
+        return min(self.maximum, self.initial * self.factor ** (self.attempt - 1))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def wait_sync(self) -> float:
+        """Blocking wait (worker threads only): count an attempt, sleep its delay, return it."""
+        delay = self.next()
+        time.sleep(delay)
+        return delay
+
+    async def wait(self, stop: asyncio.Event | None = None) -> bool:
+        """Count an attempt and sleep its delay; False if `stop` was set meanwhile."""
+        return await self.sleep(self.next(), stop)
+
+    @staticmethod
+    async def sleep(delay: float, stop: asyncio.Event | None = None) -> bool:
+        """Sleep `delay` seconds (a delay from `next()`); False if `stop` was set meanwhile."""
+        if stop is None:
+            await asyncio.sleep(delay)
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return False
+        except asyncio.TimeoutError:
+            return True
