@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import logging
+import math
+import struct
 import shutil
 import signal
 import sys
+from collections.abc import Callable
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import orjson
+import pyarrow as pa
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
-from rich.table import Table
+from rich.table import Column, Table
 
 from lakeward.core import lake as lakefs
 from lakeward.core import progress
-from lakeward.core.config import LakewardConfig, config_as_dict, load_config
+from lakeward.core.config import LakewardConfig, config_as_dict, config_path, load_config
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.core.runner import build_workers, run_workers
@@ -35,38 +43,86 @@ class LogFormat(str, Enum):
     json = "json"
 
 
+class LogLevel(str, Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
 
 
-_state: dict[str, Any] = {}
+_state: dict[str, Any] = {"log_format": LogFormat.text.value, "log_level": LogLevel.INFO.value}
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file (default: $LAKEWARD_CONFIG or ./lakeward.yaml).")]
+_CONFIG_HELP = "Config file (default: $LAKEWARD_CONFIG or ./lakeward.yaml)."
+_LOG_FORMAT_HELP = "Log lines as text or JSON."
+_LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR."
+_GLOBAL_PANEL = "Global options (before or after the command)"
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help=_CONFIG_HELP, rich_help_panel=_GLOBAL_PANEL)]
+LogFormatOption = Annotated[Optional[LogFormat], typer.Option("--log-format", help=_LOG_FORMAT_HELP, rich_help_panel=_GLOBAL_PANEL)]
+LogLevelOption = Annotated[Optional[LogLevel], typer.Option("--log-level", case_sensitive=False, help=_LOG_LEVEL_HELP,
+                                                            rich_help_panel=_GLOBAL_PANEL)]
+
+
+def _set_globals(config: Path | None, log_format: LogFormat | None, log_level: LogLevel | None) -> None:
+    """Record the global options given at this level (a later one wins) and set up logging."""
+    if config is not None:
+        _state["config_path"] = config
+    if log_format is not None:
+        _state["log_format"] = log_format.value
+    if log_level is not None:
+        _state["log_level"] = log_level.value
+    setup_logging(_state["log_level"], _state["log_format"])
 
 
 @app.callback()
-def _main(
-    config: ConfigOption = None,
-    log_format: Annotated[LogFormat, typer.Option(help="Log lines as text or JSON.")] = LogFormat.text,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
-) -> None:
-    _state["config_path"] = config
-    _state["log_format"] = log_format.value
-    setup_logging(log_level, log_format.value)
+def _main(config: ConfigOption = None, log_format: LogFormatOption = None, log_level: LogLevelOption = None) -> None:
+    _state.update(config_path=None, log_format=LogFormat.text.value, log_level=LogLevel.INFO.value)
+    _set_globals(config, log_format, log_level)
+
+
+def _global_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command (or command group) `-c/--config`, `--log-format` and `--log-level` of its own,
+    so `lakeward run -c f.yaml` works like `lakeward -c f.yaml run`."""
+    signature = inspect.signature(func, eval_str=True)
+    extra = {"lw_config": ConfigOption, "lw_log_format": LogFormatOption, "lw_log_level": LogLevelOption}
+
+    def wrapper(*args: Any, lw_config: Path | None = None, lw_log_format: LogFormat | None = None,
+                lw_log_level: LogLevel | None = None, **kwargs: Any) -> Any:
+        if lw_config is not None or lw_log_format is not None or lw_log_level is not None:
+            _set_globals(lw_config, lw_log_format, lw_log_level)
+        return func(*args, **kwargs)
+
+    params = list(signature.parameters.values()) + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation) for name, annotation in extra.items()
+    ]
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    wrapper.__module__ = func.__module__
+    return wrapper
 
 
 def _config() -> LakewardConfig:
     return load_config(_state.get("config_path"))
 
 
+def _config_file() -> Path:
+    """The config file `_config` reads (-c, else $LAKEWARD_CONFIG, else ./lakeward.yaml)."""
+    return config_path(_state.get("config_path"))
+
+
 def _fail(e: LakewardError) -> None:
-    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
 @app.command()
+@_global_options
 def validate() -> None:
     """Check the config file: syntax, keys, types, references between sources and sinks."""
     try:
@@ -77,6 +133,7 @@ def validate() -> None:
 
 
 @app.command("config")
+@_global_options
 def show_config(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False) -> None:
     """Print the resolved config (variables substituted, defaults filled in, secrets masked)."""
     try:
@@ -90,6 +147,7 @@ def show_config(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
 
 @app.command()
+@_global_options
 def run(
     source: Annotated[Optional[list[str]], typer.Option("--source", help="Run only this source (repeatable).")] = None,
     sink: Annotated[Optional[list[str]], typer.Option("--sink", help="Run only this sink (repeatable).")] = None,
@@ -111,6 +169,7 @@ def run(
 
 
 @app.command()
+@_global_options
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Slot lag of each source; consumer lag, Delta version and last commit of each lake table."""
     try:
@@ -151,39 +210,169 @@ async def _status(cfg: LakewardConfig) -> dict[str, Any]:
 
 
 @app.command()
+@_global_options
 def query(
     sql: Annotated[str, typer.Argument(help='SQL over the lake tables, named "<source>.<schema>.<table>".')],
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format (see docs/querying.md for how each type prints).")] = OutputFormat.table,
     as_of: Annotated[Optional[int], typer.Option("--as-of", help="Read every table as of this Delta version.")] = None,
 ) -> None:
-    """Query the lake with DuckDB (no extension download: tables are read through delta-rs)."""
+    """Query the lake with DuckDB (no extension download: tables are read through delta-rs).
+
+    A table that cannot be read is left out with a warning on stderr; a query that reads it fails."""
     try:
         cfg = _config()
-        con = lakefs.duckdb_connection(cfg, as_of=as_of)
-        relation = con.sql(sql)
-        if relation is None:  # a statement without a result
-            return
-        arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+        try:
+            named = lakefs.referenced_tables(sql)
+        except Exception as e:  # noqa: BLE001 - duckdb's parser error, reported below like any other
+            raise _QueryFailed(str(e)) from None
+        lake = lakefs.open_lake(cfg, as_of=as_of, prepare=named)
+        for name, why in lake.unreadable.items():
+            err.print(f"[yellow]warning:[/] lake table {name} cannot be read, left out: {why}", highlight=False, soft_wrap=True)
+        broken = sorted((named or set()) & set(lake.unreadable))
+        if broken:
+            raise _QueryFailed("; ".join(f"lake table {n} cannot be read: {lake.unreadable[n]}" for n in broken))
+        try:
+            lake.con.execute("SET TimeZone = 'UTC'")  # timestamps with time zone come back in UTC
+            relation = lake.con.sql(sql)
+            if relation is None:  # a statement without a result
+                return
+            arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+        except Exception as e:  # noqa: BLE001 - duckdb errors: syntax, unknown table, a file that went missing ...
+            raise _QueryFailed(_explain(str(e), lake.unreadable, cfg)) from None
     except LakewardError as e:
         _fail(e)
-    except Exception as e:  # duckdb errors: syntax, unknown table ...
-        err.print(f"[bold red]query failed:[/] {e}", highlight=False)
+    except _QueryFailed as e:
+        err.print(f"[bold red]query failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    if fmt == OutputFormat.json:
-        for row in arrow.to_pylist():
-            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
-    elif fmt == OutputFormat.csv:
-        import pyarrow.csv as pacsv
+    write_result(arrow, fmt)
 
-        pacsv.write_csv(arrow, sys.stdout.buffer)
+
+class _QueryFailed(Exception):
+    pass
+
+
+def _explain(message: str, unreadable: dict[str, str], cfg: LakewardConfig) -> str:
+    """A DuckDB error, with the lake table a failing file belongs to and the tables left out."""
+    message = " ".join(message.split())
+    for name, uri in lakefs.list_tables(cfg.lake).items():
+        if uri.rstrip("/") + "/" in message or uri.rstrip("/").split("://")[-1] + "/" in message:
+            message = f"lake table {name} cannot be read: {message}"
+            break
+    if unreadable:
+        message += f" (left out as unreadable: {', '.join(sorted(unreadable))})"
+    return message
+
+
+# --- result formats --------------------------------------------------------------------------------
+# One text form per value in csv and table, one JSON form in json; both documented in docs/querying.md.
+
+def _float(v: float, single: bool) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    if single:  # the shortest text that reads back as the same float32
+        for digits in range(1, 10):
+            text = f"{v:.{digits}g}"
+            if struct.unpack("f", struct.pack("f", float(text)))[0] == v:
+                return repr(float(text))
+    return repr(v)
+
+
+def _timestamp(v: datetime) -> str:
+    if v.tzinfo is not None:
+        v = v.astimezone(timezone.utc)
+    return v.isoformat(sep=" ")
+
+
+def _json_value(v: Any, t: pa.DataType) -> Any:
+    """A value as JSON: numbers, strings, booleans, null; decimals as exact strings, binary as base64,
+    NaN and infinities as "NaN"/"Infinity"/"-Infinity", arrays and structs as JSON arrays and objects."""
+    if v is None:
+        return None
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t) \
+            or pa.types.is_large_list_view(t):
+        return [_json_value(x, t.value_type) for x in v]
+    if pa.types.is_struct(t):
+        return {f.name: _json_value(v.get(f.name), f.type) for f in t}
+    if pa.types.is_map(t):
+        return [[_json_value(k, t.key_type), _json_value(x, t.item_type)] for k, x in v]
+    if isinstance(v, bool) or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        text = _float(v, pa.types.is_float32(t) or pa.types.is_float16(t))
+        return text if text in ("NaN", "Infinity", "-Infinity") else float(text)
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, datetime):
+        return _timestamp(v)
+    if isinstance(v, (date, time)):
+        return v.isoformat()
+    return str(v)
+
+
+def _text_value(v: Any, t: pa.DataType) -> str | None:
+    """A value as text (csv, table): None for null; arrays and structs as their JSON; binary as \\x + hex."""
+    if v is None:
+        return None
+    if isinstance(v, (list, dict, tuple)):
+        return orjson.dumps(_json_value(v, t)).decode()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(v).hex()
+    if isinstance(v, float):
+        return _float(v, pa.types.is_float32(t) or pa.types.is_float16(t))
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    if isinstance(v, datetime):
+        return _timestamp(v)
+    if isinstance(v, (date, time)):
+        return v.isoformat()
+    return str(v)
+
+
+def _csv_field(text: str | None) -> str:
+    """RFC 4180 field: NULL is an empty field, an empty string is `""`."""
+    if text is None:
+        return ""
+    if text == "" or any(c in text for c in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+def write_result(arrow: pa.Table, fmt: OutputFormat, out: Any = None) -> None:
+    types = [f.type for f in arrow.schema]
+    names = arrow.column_names
+    rows = [[row[i] for i in range(len(names))] for row in (tuple(r.values()) for r in arrow.to_pylist())] if names else []
+    stream = out or sys.stdout
+    if fmt == OutputFormat.json:
+        for row in rows:
+            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types)}
+            stream.write(orjson.dumps(doc).decode() + "\n")
+    elif fmt == OutputFormat.csv:
+        stream.write(",".join(_csv_field(n) for n in names) + "\n")
+        for row in rows:
+            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types)) + "\n")
     else:
-        t = Table(*arrow.column_names)
-        for row in arrow.to_pylist():
-            t.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-        console.print(t)
+        from rich.text import Text
+
+        t = Table(*[Column(n, overflow="fold") for n in names]) if names else Table()
+        for row in rows:  # control characters escaped, so each row stays one line
+            cells = [_text_value(v, ty) for v, ty in zip(row, types)]
+            t.add_row(*(Text("NULL", style="dim") if c is None else Text(c.translate(_CONTROL)) for c in cells))
+        target = console if console.is_terminal else Console(width=max(80, Console(width=10**6).measure(t).maximum), highlight=False)
+        target.print(t)
+    stream.flush()
 
 
 @app.command()
+@_global_options
 def replay(
     sink: Annotated[str, typer.Option("--sink", help="The sink whose tables to rebuild.")],
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Required: rebuild from the start of the topics.")] = False,
@@ -220,6 +409,7 @@ async def _replay(worker: Any) -> int:
 
 lake_app = typer.Typer(no_args_is_help=True, help="Maintenance of the lake's Delta tables; safe while sinks write them.")
 app.add_typer(lake_app, name="lake")
+lake_app.callback()(_global_options(lambda: None))
 TableOption = Annotated[Optional[list[str]], typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")]
 SinkOption = Annotated[Optional[str], typer.Option("--sink", help="Only the tables this sink writes.")]
 
@@ -250,6 +440,7 @@ def _maintain(operation: str, tables: list[str] | None, sink: str | None, **opti
 
 
 @lake_app.command("optimize")
+@_global_options
 def lake_optimize(table: TableOption = None, sink: SinkOption = None,
                   target_size: Annotated[Optional[int], typer.Option(help="Target file size in bytes (delta-rs default: 100 MiB).")] = None) -> None:
     """Compact small files (one Delta OPTIMIZE commit per table)."""
@@ -257,6 +448,7 @@ def lake_optimize(table: TableOption = None, sink: SinkOption = None,
 
 
 @lake_app.command("vacuum")
+@_global_options
 def lake_vacuum(table: TableOption = None, sink: SinkOption = None,
                 retention_hours: Annotated[float, typer.Option(help="Keep removed files younger than this (at least 1).")] = 168.0,
                 dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the files that would be deleted.")] = False) -> None:
@@ -271,6 +463,7 @@ def lake_vacuum(table: TableOption = None, sink: SinkOption = None,
 
 
 @lake_app.command("checkpoint")
+@_global_options
 def lake_checkpoint(table: TableOption = None, sink: SinkOption = None) -> None:
     """Write a checkpoint of the current version (readers skip replaying the log); expired logs are cleaned up."""
     _maintain("checkpoint", table, sink)
@@ -278,9 +471,11 @@ def lake_checkpoint(table: TableOption = None, sink: SinkOption = None) -> None:
 
 demo_app = typer.Typer(no_args_is_help=True, help="The demo shop (PostgreSQL) and inventory (MySQL/MariaDB): setup, load, check.")
 app.add_typer(demo_app, name="demo")
+demo_app.callback()(_global_options(lambda: None))
 
 
 @demo_app.command("setup")
+@_global_options
 def demo_setup(
     reset: Annotated[bool, typer.Option("--reset", help="Drop the demo tables, slot, topics and lake tables first.")] = False,
 ) -> None:
@@ -288,13 +483,14 @@ def demo_setup(
     from lakeward.core.demo import data
 
     try:
-        data.setup(_config(), reset=reset)
+        data.setup(_config(), reset=reset, config_file=_config_file())
     except LakewardError as e:
         _fail(e)
     console.print("demo databases ready" + (" (reset)" if reset else ""))
 
 
 @demo_app.command("load")
+@_global_options
 def demo_load(
     seconds: Annotated[float, typer.Option(help="How long to run; 0 runs until stopped.")] = 60.0,
     rate: Annotated[float, typer.Option(help="Transactions per second in each database.")] = 50.0,
@@ -303,7 +499,7 @@ def demo_load(
     from lakeward.core.demo import data
 
     try:
-        gen = data.LoadGenerator(data.demo_sources(_config()))
+        gen = data.LoadGenerator(data.demo_sources(_config(), _config_file()))
     except LakewardError as e:
         _fail(e)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `docker stop` / the demo end the load like Ctrl-C
@@ -319,6 +515,7 @@ def _raise_interrupt(*_: Any) -> None:
 
 
 @demo_app.command("check")
+@_global_options
 def demo_check() -> None:
     """Compare every demo table in the lake with its source: row counts and checksums; exit 1 if any differs."""
     from lakeward.core.demo import check, data
@@ -326,7 +523,7 @@ def demo_check() -> None:
     try:
         cfg = _config()
         wide = console if console.is_terminal else Console(width=max(console.width, 140))  # CI logs: no wrapped rows
-        ok = check.report(check.check_all(cfg, data.demo_sources(cfg)), wide)
+        ok = check.report(check.check_all(cfg, data.demo_sources(cfg, _config_file())), wide)
     except LakewardError as e:
         _fail(e)
     raise typer.Exit(0 if ok else 1)

@@ -13,15 +13,21 @@ import fnmatch
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from lakeward.core import s3
 from lakeward.core.config import LakeConfig, LakewardConfig
-from lakeward.core.errors import ConfigError
+from lakeward.core.errors import ConfigError, TerminalError
+
+class LakeTableError(TerminalError):
+    """A lake table cannot be read (damaged or unsupported Delta log, missing files, no such version)."""
+
 
 # A Delta table has its first commit, or a checkpoint pointer once old commits were cleaned up.
 # Two HEAD requests tell, where listing `_delta_log/` could page through thousands of commits.
@@ -122,22 +128,143 @@ def drop_table(uri: str, lake: LakeConfig | None = None) -> None:
         s3.filesystem(parent, options).delete_dir(name)
 
 
-def duckdb_connection(config: LakewardConfig, *, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
-    """DuckDB with every lake table as a view `<source>.<schema>.<table>`, read through delta-rs
-    (so no DuckDB extension is downloaded at run time)."""
-    con = duckdb.connect()
+@dataclass
+class LakeView:
+    """A DuckDB connection with the lake's readable tables as views, and the tables that could not be read."""
+
+    con: duckdb.DuckDBPyConnection
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """`<source>.<schema>.<table>` -> why it could not be read (left out of the connection)."""
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return f"{e.__class__.__name__}: {text}" if e.__class__.__name__ not in text else text
+
+
+def referenced_tables(sql: str) -> set[str] | None:
+    """The `<source>.<schema>.<table>` names a statement reads, or None when it names a table in a
+    way that is not fully qualified (then every table may be meant). Raises duckdb's parser error."""
+    names: set[str] = set()
+    for qualified in duckdb.connect().get_table_names(sql, qualified=True):
+        parts = _split_identifier(qualified)
+        if len(parts) != 3:
+            return None
+        names.add(".".join(parts))
+    return names
+
+
+def _split_identifier(text: str) -> list[str]:
+    """`a.b."c d"` -> ["a", "b", "c d"] (DuckDB quotes a part with `"`, doubling an inner `"`)."""
+    parts: list[str] = []
+    cur, quoted, i = "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == '"' and text[i + 1 : i + 2] == '"':
+                cur += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ".":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    parts.append(cur)
+    return parts
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _with_file_types(delta: pa.Schema, physical: pa.Schema) -> pa.Schema:
+    """The table's schema with the Arrow types one group of files stores (string_view where a MERGE
+    wrote it, large_string where a plain write did); columns the files lack keep the table's type."""
+    return pa.schema([physical.field(f.name).with_nullable(f.nullable) if f.name in physical.names else f for f in delta])
+
+
+def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
+    """The table as pyarrow datasets, one per physical schema of its files.
+
+    delta-rs writes text and binary columns as `large_string`/`large_binary` in plain writes and as
+    `string_view`/`binary_view` in MERGE commits. One dataset with the table's schema reads both,
+    but pyarrow evaluates a pushed-down filter against each file's own types, and has no kernel for
+    comparing `string` with `string_view`: a WHERE on such a column fails. So the files are grouped
+    by their physical schema (read from each file's footer), each group becomes a dataset with those
+    types, and the view is their UNION ALL (DuckDB reads every variant as VARCHAR / BLOB)."""
+    import pyarrow.dataset as pds
+
+    base = dt.to_pyarrow_dataset()
+    fragments = list(base.get_fragments())
+    if not fragments:
+        return [base]
+    with ThreadPoolExecutor(min(threads, len(fragments))) as pool:
+        physical = list(pool.map(lambda fr: fr.physical_schema, fragments))
+    groups: dict[pa.Schema, set[str]] = {}
+    for fr, ps in zip(fragments, physical):
+        groups.setdefault(_with_file_types(base.schema, ps), set()).add(fr.path)
+    if len(groups) == 1:
+        (schema,) = groups
+        if schema == base.schema:
+            return [base]
+    out = []
+    for schema, paths in groups.items():
+        typed = dt.to_pyarrow_dataset(schema=schema)
+        out.append(pds.FileSystemDataset([fr for fr in typed.get_fragments() if fr.path in paths], schema, typed.format, typed.filesystem))
+    return out
+
+
+def open_lake(config: LakewardConfig, *, as_of: int | None = None, prepare: set[str] | None = None) -> LakeView:
+    """DuckDB with every readable lake table as a view `<source>.<schema>.<table>`, read through
+    delta-rs (so no DuckDB extension is downloaded at run time).
+
+    A table that cannot be read (a damaged or unsupported Delta log, missing files, no such
+    version for `as_of`) is left out and named with the reason in `unreadable`; the others are
+    there. The tables in `prepare` (default: all) have their files' footers read here, so a filter
+    works on files of mixed physical types and a missing file is found before the query runs; the
+    others are views over delta-rs' dataset as is."""
+    lake = LakeView(duckdb.connect())
     databases: set[str] = set()
     for i, (name, uri) in enumerate(list_tables(config.lake).items()):
         source, schema, table = name.split(".")
-        with storage_errors(config.lake, uri):
-            dt = DeltaTable(uri, storage_options=storage_options(config.lake))
-            if as_of is not None:
-                dt.load_as_version(as_of)
-            # delta-rs' own filesystem reads the Parquet files, also on S3: DuckDB needs no httpfs
-            con.register(f"__lakeward_{i}", dt.to_pyarrow_dataset())
+        try:
+            with storage_errors(config.lake, uri):
+                dt = DeltaTable(uri, storage_options=storage_options(config.lake))
+                if as_of is not None:
+                    dt.load_as_version(as_of)
+                # delta-rs' own filesystem reads the Parquet files, also on S3: DuckDB needs no httpfs
+                datasets = _table_datasets(dt) if prepare is None or name in prepare else [dt.to_pyarrow_dataset()]
+        except Exception as e:  # noqa: BLE001 - one unreadable table must not hide the others
+            at = f" at version {as_of}" if as_of is not None else ""
+            lake.unreadable[name] = f"{_one_line(e)} (table {uri}{at})"
+            continue
+        for j, ds in enumerate(datasets):
+            lake.con.register(f"__lakeward_{i}_{j}", ds)
         if source not in databases:
-            con.execute(f"ATTACH ':memory:' AS \"{source}\"")
+            lake.con.execute(f"ATTACH ':memory:' AS {_quote(source)}")
             databases.add(source)
-        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{source}"."{schema}"')
-        con.execute(f'CREATE VIEW "{source}"."{schema}"."{table}" AS SELECT * FROM __lakeward_{i}')
-    return con
+        lake.con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(source)}.{_quote(schema)}")
+        union = " UNION ALL ".join(f"SELECT * FROM __lakeward_{i}_{j}" for j in range(len(datasets)))
+        lake.con.execute(f"CREATE VIEW {_quote(source)}.{_quote(schema)}.{_quote(table)} AS {union}")
+    return lake
+
+
+def duckdb_connection(config: LakewardConfig, *, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
+    """DuckDB with every lake table as a view `<source>.<schema>.<table>` (see `open_lake`); fails
+    naming the first table that cannot be read."""
+    lake = open_lake(config, as_of=as_of)
+    if lake.unreadable:
+        lake.close()
+        name, why = next(iter(lake.unreadable.items()))
+        raise LakeTableError(f"lake table {name} cannot be read: {why}")
+    return lake.con

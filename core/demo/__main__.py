@@ -99,7 +99,7 @@ class Demo:
         console.rule("[bold]Lakeward demo: a shop in PostgreSQL, its inventory in MariaDB/MySQL, mirrored into Delta Lake")
         try:
             cfg = load_config(self.config)
-            sources = demo_sources(cfg)
+            sources = demo_sources(cfg, self.config)
             setup = self.command("demo", "setup", "--reset")
             self.show(setup)
             subprocess.run(setup, check=True, env=self.env)

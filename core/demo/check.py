@@ -63,10 +63,14 @@ def _digest(columns: list[str], rows: list[tuple[Any, ...]], keep: list[str]) ->
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16], set(lines)
 
 
-def check_table(con: Any, sources: DemoSources, source: str, schema: str, table: str) -> TableCheck:
+def check_table(con: Any, sources: DemoSources, source: str, schema: str, table: str,
+                unreadable: dict[str, str] | None = None) -> TableCheck:
     name = f"{source}.{schema}.{table}"
     src_sql, src_cols, src = source_rows(sources, source, table)
     lake_sql = f"SELECT * FROM {name}"
+    if unreadable and name in unreadable:
+        return TableCheck(name, src_sql, lake_sql, len(src), 0, _digest(src_cols, src, src_cols)[0], "-",
+                          f"lake table cannot be read: {unreadable[name]}")
     try:
         cur = con.execute(lake_sql)
         lake_cols = [d[0] for d in cur.description]
@@ -89,11 +93,11 @@ def check_table(con: Any, sources: DemoSources, source: str, schema: str, table:
 
 
 def check_all(cfg: LakewardConfig, sources: DemoSources) -> list[TableCheck]:
-    con = lakefs.duckdb_connection(cfg)
+    lake = lakefs.open_lake(cfg, prepare={".".join(t) for t in sources.tables})
     try:
-        return [check_table(con, sources, *t) for t in sources.tables]
+        return [check_table(lake.con, sources, *t, unreadable=lake.unreadable) for t in sources.tables]
     finally:
-        con.close()
+        lake.close()
 
 
 def report(checks: list[TableCheck], console: Console) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -65,12 +66,17 @@ class DemoSources:
                 + [(self.inventory.name, INVENTORY_DB, t) for t in INVENTORY_TABLES])
 
 
-def demo_sources(cfg: LakewardConfig) -> DemoSources:
+def demo_sources(cfg: LakewardConfig, config_file: str | os.PathLike[str] | None = None) -> DemoSources:
+    """The demo's sources in `cfg` (loaded from `config_file`, named in the error when one is missing)."""
     shop = next((s for s in cfg.sources if isinstance(s, PostgresSourceConfig)), None)
     inventory = next((s for s in cfg.sources if isinstance(s, MySQLSourceConfig)), None)
     if shop is None or inventory is None:
-        raise ConfigError(f"{cfg.path}: the demo needs a `type: postgres` source (the shop) and a `type: mysql` source "
-                          "(the inventory); see deploy/lakeward.yaml")
+        missing = " and ".join(m for m, s in (("a `type: postgres` source (the shop)", shop),
+                                                ("a `type: mysql` source (the inventory)", inventory)) if s is None)
+        has = ", ".join(f"{s.name} (type: {getattr(s, 'type', '?')})" for s in cfg.sources) or "no sources"
+        where = f"{config_file}: " if config_file is not None else ""
+        raise ConfigError(f"{where}the demo needs a `type: postgres` source (the shop) and a `type: mysql` source (the inventory); "
+                          f"this config lacks {missing} (it has {has}). Add them under `sources:` as deploy/lakeward.yaml does.")
     return DemoSources(shop, inventory)
 
 
@@ -151,8 +157,8 @@ async def reset_captured(cfg: LakewardConfig, sources: DemoSources) -> list[str]
     return doomed + sorted(tables)
 
 
-def setup(cfg: LakewardConfig, *, reset: bool) -> DemoSources:
-    sources = demo_sources(cfg)
+def setup(cfg: LakewardConfig, *, reset: bool, config_file: str | os.PathLike[str] | None = None) -> DemoSources:
+    sources = demo_sources(cfg, config_file)
     if reset:
         removed = asyncio.run(reset_captured(cfg, sources))
         log.info("demo reset: removed %d topics and lake tables", len(removed))
