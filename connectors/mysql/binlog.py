@@ -683,11 +683,15 @@ class Reader(threading.Thread):
                 if ddl.kind == "create":
                     if name not in self._tables:
                         self._set_table(name, pos)  # new and empty: its rows follow in the binlog
-                elif self.cfg.snapshot == "initial" and not self._snapshotted_since(name, pos):
+                elif not self._snapshotted_since(name, pos):
                     why = rewrites_rows(self.history.before(db, table, pos), self.history.at(db, table, pos), sql)
-                    if why:
+                    if why and self.cfg.snapshot == "initial":
                         log.info("source %s: %s.%s: %s without row events; reading the table again", self.cfg.name, db, table, why)
                         need.append((db, table))
+                    elif why:
+                        log.warning("source %s: %s.%s: %s without row events, and `snapshot: never` does not read tables: the "
+                                    "lake keeps the old values of the existing rows. Take a new snapshot (docs/mysql.md, Operations) "
+                                    "or set `snapshot: initial`", self.cfg.name, db, table, why)
         elif ddl.kind == "truncate":
             for db, table in captured:
                 self._truncate(db, table, pos, *args)

@@ -129,6 +129,7 @@ _RENAME = re.compile(r"^RENAME\s+TABLES?\s+(.+)$", re.I | re.S)
 _TRUNCATE = re.compile(rf"^TRUNCATE\s+(?:TABLE\s+)?{_NAME}", re.I)
 _INDEX = re.compile(rf"^(?:CREATE|DROP)\s+(?:ONLINE\s+|OFFLINE\s+)?(?:UNIQUE\s+|FULLTEXT\s+|SPATIAL\s+)?INDEX\s+.+?\bON\s+{_NAME}", re.I | re.S)
 _DROP_DB = re.compile(rf"^DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?({_IDENT})", re.I)
+_EXCHANGE = re.compile(rf"\bEXCHANGE\s+PARTITION\s+{_IDENT}\s+WITH\s+TABLE\s+{_NAME}", re.I)
 _DML = re.compile(r"^(INSERT|UPDATE|DELETE|REPLACE|LOAD)\b", re.I)
 
 
@@ -178,6 +179,9 @@ def parse_ddl(sql: str, default_db: str) -> Ddl | None:
         r = _ALTER_RENAME.search(rest)
         if r and not re.match(r"\s*(COLUMN|INDEX|KEY)\b", rest[r.start() + 6 :], re.I):
             return Ddl("rename", (table, _name(r.group(1), table[0])))
+        if x := _EXCHANGE.search(rest):
+            # The other table's rows change too (they swap with the partition's), without row events.
+            return Ddl("alter", (table, _name(x.group(1), table[0])))
         return Ddl("alter", (table,))
     if m := _DROP.match(s):
         if m.group(1):
@@ -221,8 +225,9 @@ _PARTITION_DATA = re.compile(r"\b(?:TRUNCATE|DROP|EXCHANGE)\s+PARTITION\b", re.I
 def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) -> str | None:
     """Why an ALTER changed existing rows without writing row events (so the table must be read
     again), or None. The binlog has no row events for values an ALTER fills in or converts: a column
-    added with a default, NOT NULL or as a generated column; a narrowed or re-typed column; a
-    primary key change; TRUNCATE/DROP/EXCHANGE PARTITION."""
+    added with a default, NOT NULL or as a generated column; a renamed column (RENAME COLUMN, CHANGE:
+    a column appears while another disappears); a narrowed or re-typed column; a primary key change;
+    TRUNCATE/DROP/EXCHANGE PARTITION (both tables of an exchange)."""
     if _PARTITION_DATA.search(clean(sql)):
         return "a partition's rows were removed or exchanged"
     if old is None or new is None or old.dropped or new.dropped or not old.columns:
@@ -230,11 +235,15 @@ def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) 
     before = {c.name: c for c in old.columns}
     if set(old.pk) != set(new.pk) and old.pk and new.pk:
         return "the primary key changed"
+    gone = sorted(set(before) - {c.name for c in new.columns})
     for c in new.columns:
         o = before.get(c.name)
         if o is None:
             if c.generated or not c.nullable or c.default is not None:
                 return f"column {c.name!r} was added with values for the existing rows"
+            if gone:
+                # RENAME COLUMN / CHANGE old new: the existing rows carry the old column's values under the new name.
+                return f"column {c.name!r} replaced {', '.join(map(repr, gone))} (a rename) with the old values in the existing rows"
             continue
         if o.data_type != c.data_type and not _widens(o.data_type, c.data_type):
             return f"column {c.name!r} changed type"

@@ -38,6 +38,9 @@ from lakeward.core.events import Position
     ("UPDATE LOW_PRIORITY other.t SET a = 1", Ddl("dml", (("other", "t"),))),
     ("DELETE FROM `t` WHERE id = 1", Ddl("dml", (("shop", "t"),))),
     ("/*!40000 ALTER TABLE `t` DISABLE KEYS */", Ddl("alter", (("shop", "t"),))),
+    # Both tables of an exchange change.
+    ("ALTER TABLE p EXCHANGE PARTITION p1 WITH TABLE `other`.`x`", Ddl("alter", (("shop", "p"), ("other", "x")))),
+    ("alter table p exchange partition `p 1` with table x", Ddl("alter", (("shop", "p"), ("shop", "x")))),
 ])
 def test_parse_ddl(sql, want):
     assert parse_ddl(sql, "shop") == want
@@ -100,3 +103,12 @@ def test_changes_that_rewrite_rows():
     assert "primary key" in rewrites_rows(_table(v10), _table(v10, pk=("s",)), "")
     assert "partition" in rewrites_rows(None, None, "ALTER TABLE t TRUNCATE PARTITION p0")
     assert rewrites_rows(None, _table(v10), "ALTER TABLE t ADD x int") is None
+
+
+def test_renamed_columns_carry_old_values():
+    s, s2 = ColumnDef("s", "varchar", "varchar(10)", length=10), ColumnDef("s2", "varchar", "varchar(10)", length=10)
+    # RENAME COLUMN s TO s2 / CHANGE s s2 ...: the existing rows hold s's values under s2, without row events.
+    assert "rename" in rewrites_rows(_table(s), _table(s2), "ALTER TABLE t RENAME COLUMN s TO s2")
+    assert "rename" in rewrites_rows(_table(s), _table(ColumnDef("s2", "text", "text")), "ALTER TABLE t CHANGE s s2 text")
+    assert rewrites_rows(_table(s), _table(), "ALTER TABLE t DROP COLUMN s") is None, "a drop alone changes no value"
+    assert rewrites_rows(_table(s), _table(s, s2), "ALTER TABLE t ADD s2 varchar(10)") is None
