@@ -12,6 +12,7 @@ from typing import Any
 from lakeward.core import metrics, registry
 from lakeward.core.config import LakewardConfig, MetricsConfig
 from lakeward.core.errors import LakewardError, TerminalError
+from lakeward.core.retry import Backoff, is_retriable
 from lakeward.core.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
         health.stopped(f"{e.__class__.__name__}: {e}" if not isinstance(e, LakewardError) else str(e))
         metrics.record_error(kind, worker.config.name, e)
 
-    backoff = 1.0
+    backoff = Backoff(initial=1.0, maximum=MAX_BACKOFF_S)
     while not stop.is_set():
         started = time.monotonic()
         health.starting(getattr(worker, "health_checks", ()))
@@ -64,24 +65,20 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
             await worker.run(stop)
             health.stopped(None)
             return
-        except TerminalError as e:
+        except Exception as e:  # noqa: BLE001 - classified by core/retry
             failed(e)
-            raise
-        except (LakewardError, OSError, ConnectionError) as e:
-            failed(e)
-            if isinstance(e, LakewardError) and not e.retriable:
-                raise
-            log.warning("%s: %s; retrying in %.0fs", name, e, backoff)
-        except Exception as e:  # noqa: BLE001 - a driver error we don't classify yet: retry, but say so
-            failed(e)
-            log.exception("%s failed (%s); retrying in %.0fs", name, e.__class__.__name__, backoff)
-        if time.monotonic() - started > HEALTHY_RUN_S:
-            backoff = 1.0  # it ran fine for a while: this is a new failure, not the same one again
-        try:
-            await asyncio.wait_for(stop.wait(), backoff)
-        except asyncio.TimeoutError:
-            pass
-        backoff = min(backoff * 2, MAX_BACKOFF_S)
+            if time.monotonic() - started > HEALTHY_RUN_S:
+                backoff.reset()  # it ran fine for a while: this is a new failure, not the same one again
+            delay = backoff.next()
+            if not is_retriable(e, unknown=True):  # terminal by the error tree (or a delta-rs error no retry fixes)
+                if isinstance(e, TerminalError):
+                    raise
+                raise TerminalError(f"{name}: {e.__class__.__name__}: {e}") from e
+            if is_retriable(e):
+                log.warning("%s: %s; retrying in %.0fs", name, e, delay)
+            else:  # a driver error we don't classify yet: retry, but say so
+                log.exception("%s failed (%s); retrying in %.0fs", name, e.__class__.__name__, delay)
+        await backoff.sleep(delay, stop)
 
 
 async def run_workers(workers: list[Any], stop: asyncio.Event | None = None, *, metrics_config: MetricsConfig | None = None) -> int:

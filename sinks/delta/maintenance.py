@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.exceptions import CommitFailedError
 
-from lakeward.core.errors import ConfigError, TransientError
+from lakeward.core.errors import ConfigError, LakewardError, TerminalError, TransientError
+from lakeward.core.retry import Backoff, is_retriable
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +61,26 @@ def run(table: str, uri: str, operation: Operation, *, storage_options: dict[str
     try:
         dt = DeltaTable(uri, storage_options=storage_options or None)
         before = dt.version()
-        conflicts = 0
+        backoff = Backoff(initial=0.2, maximum=2.0)
         while True:
             try:
                 details = _apply(dt, operation, retention_hours=retention_hours, target_size=target_size, dry_run=dry_run)
                 break
             except CommitFailedError as e:
-                conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
+                if backoff.attempt >= CONFLICT_RETRIES:
                     raise TransientError(f"{operation} of {table}: kept conflicting with concurrent writers ({e}); try again") from e
                 log.info("%s of %s conflicted with a concurrent commit (%s); reloading and retrying", operation, table, e)
-                time.sleep(min(0.1 * 2**conflicts, 2.0))
+                backoff.wait_sync()
                 dt.update_incremental()
         dt.update_incremental()
-    except (DeltaError, OSError) as e:  # storage or a damaged table: name it, don't dump a traceback
-        raise TransientError(f"{operation} of {table} at {uri} failed: {e.__class__.__name__}: {e}") from e
-    return Result(table, operation, before, dt.version(), details, conflicts, round(time.monotonic() - started, 3))
+    except LakewardError:
+        raise
+    except Exception as e:  # storage or a damaged table: name it, don't dump a traceback
+        what = f"{operation} of {table} at {uri} failed: {e.__class__.__name__}: {e}"
+        if is_retriable(e):
+            raise TransientError(what) from e
+        raise TerminalError(f"{what}; retrying cannot help: check the table (lakeward status) and the storage") from e
+    return Result(table, operation, before, dt.version(), details, backoff.attempt, round(time.monotonic() - started, 3))
 
 
 def _apply(dt: DeltaTable, operation: Operation, *, retention_hours: float, target_size: int | None, dry_run: bool) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from aiokafka.errors import KafkaError
 from lakeward.core import metrics
 from lakeward.core.broker import Admin, SchemaReader, consumer, producer, start_client
 from lakeward.core.config import BrokerConfig, LakeConfig
-from lakeward.core.errors import TerminalError, TransientError
+from lakeward.core.errors import TerminalError
 from lakeward.core.events import parse_table_topic
 from lakeward.core.lake import check_lake, table_uri
 from lakeward.core.sink import Sink
 from lakeward.sinks.delta.config import DeltaSinkConfig
-from lakeward.sinks.delta.lake import LakeTable, is_retriable
+from lakeward.core.retry import Backoff, is_retriable
+from lakeward.sinks.delta.lake import LakeTable
 from lakeward.sinks.delta.table import DeadLetter, TableWriter, iso
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ METADATA_MAX_AGE_MS = 3000
 """How often the consumer refreshes topic metadata: a new table topic is picked up within this."""
 REVOKE_WAIT_S = 20.0
 """How long a revoked partition's commit in flight may take before the rebalance goes on without it."""
+OPEN_BACKOFF_MAX_S = 30.0
+"""Longest wait between two attempts to read a table's Delta log on assignment."""
 POLL_MAX_S = 0.5
 POLL_BUSY_S = 0.02
 METRICS_INTERVAL_S = 1.0
@@ -119,6 +122,8 @@ class DeltaSink(Sink):
         self._lakes: dict[TopicPartition, LakeTable] = {}
         self._paused: set[TopicPartition] = set()
         self._ignored: set[TopicPartition] = set()
+        self._reopen: dict[TopicPartition, tuple[TableWriter, float, Backoff]] = {}
+        """Assigned table partitions whose Delta table could not be read yet: (writer, when to retry, backoff)."""
         self._commits: set[asyncio.Task] = set()
         self._started_at: float | None = None
         self._lag_labels: set[tuple[str, str, str]] = set()
@@ -176,74 +181,126 @@ class DeltaSink(Sink):
         for tp in revoked:
             self._paused.discard(tp)
             self._ignored.discard(tp)
+            self._reopen.pop(tp, None)
         if writers:
             log.info("revoked %d table partition(s)", len(writers))
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
+        """Open a writer per new table partition and set its read position: all or nothing.
+
+        The assignment can change while the tables are read (a source creating topics makes the
+        pattern subscription rejoin the group): a partition that is no longer assigned when its
+        table has been read is left alone (the next assignment, which always follows, resumes it),
+        and everything after the last await runs without yielding, so no writer is ever registered
+        without its seek. A table that cannot be read yet waits paused, retried with backoff from
+        the loop (`_retry_opens`); it never consumes before its position is set.
+        """
         new = []
         for tp in assigned:
-            if tp in self._writers:
+            if tp in self._writers or tp in self._reopen:
                 continue
             parsed = self.selects(tp.topic)
             if parsed is None:
                 self._ignored.add(tp)
                 continue
-            source, schema, table = parsed
-            lake = self._lakes.get(tp)
-            if lake is None:
-                lake = self._lakes[tp] = LakeTable(table_uri(self.lake, source, schema, table), self.lake.storage_options, tp.topic,
-                                                   tp.partition, f"{source}.{schema}.{table}", self.config.name,
-                                                   properties={"delta.checkpointInterval": str(self.config.checkpoint_interval)})
-            w = TableWriter(tp, source=source, schema=schema, table=table, mode=self.config.mode, lake=lake, schemas=self._schemas,
-                            feed=self, batch_rows=self.config.batch_rows, batch_bytes=self.config.batch_bytes,
-                            batch_interval_s=self.config.batch_interval_s, dead_letters=self._dead_letters)
-            new.append(w)
+            new.append(self._writer(tp, *parsed))
         results = await asyncio.gather(*(self._open(w) for w in new))
         ends = await self._end_offsets([w.tp for w, (ok, at) in zip(new, results) if ok and at is not None])
+        # No await from here on: the assignment checked below is the one the seeks go to.
+        current = self._consumer.assignment()
+        placed = []
         for w, (ok, resume_at) in zip(new, results):
-            self._writers[w.tp] = w
-            if ok and resume_at is not None and w.tp in ends and resume_at > ends[w.tp]:
-                # Seeking there would reset to the beginning and skip everything below the txn.
-                w.error = TerminalError(
-                    f"table {w.qualified}: the Delta table has applied offsets up to {resume_at - 1} of {w.tp.topic} partition "
-                    f"{w.tp.partition}, but the partition ends at {ends[w.tp]}: the topic was recreated. Drop the lake table to "
-                    "rebuild it from the topic; stopped this table")
-                log.error("%s", w.error)
-                ok = False
-            if not ok:
-                continue  # stopped with an error: wants_pause pauses it
-            if resume_at is None:
-                await self._consumer.seek_to_beginning(w.tp)
-            else:
-                self._consumer.seek(w.tp, resume_at)
-        ignored = [tp for tp in assigned if tp in self._ignored]
+            if w.tp not in current:
+                log.info("%s: partition %s was revoked while its Delta table was read; the next assignment resumes it",
+                         w.qualified, w.tp)
+                continue
+            if ok is None:  # the table could not be read yet: paused, retried from the loop
+                backoff = Backoff(initial=0.5, maximum=OPEN_BACKOFF_MAX_S)
+                self._reopen[w.tp] = (w, time.monotonic() + backoff.next(), backoff)
+                self._consumer.pause(w.tp)
+                self._paused.add(w.tp)
+                continue
+            self._place(w, ok, resume_at, ends)
+            placed.append(w)
+        ignored = [tp for tp in assigned if tp in self._ignored and tp in current]
         if ignored:
             self._consumer.pause(*ignored)
-        if new:
-            log.info("assigned %d table partition(s): %s", len(new), ", ".join(sorted(w.qualified for w in new)))
+        if placed:
+            log.info("assigned %d table partition(s): %s", len(placed), ", ".join(sorted(w.qualified for w in placed)))
+
+    def _writer(self, tp: TopicPartition, source: str, schema: str, table: str) -> TableWriter:
+        lake = self._lakes.get(tp)
+        if lake is None:
+            lake = self._lakes[tp] = LakeTable(table_uri(self.lake, source, schema, table), self.lake.storage_options, tp.topic,
+                                               tp.partition, f"{source}.{schema}.{table}", self.config.name,
+                                               properties={"delta.checkpointInterval": str(self.config.checkpoint_interval)})
+        w = TableWriter(tp, source=source, schema=schema, table=table, mode=self.config.mode, lake=lake, schemas=self._schemas,
+                        feed=self, batch_rows=self.config.batch_rows, batch_bytes=self.config.batch_bytes,
+                        batch_interval_s=self.config.batch_interval_s, dead_letters=self._dead_letters)
+        return w
+
+    def _place(self, w: TableWriter, ok: bool, resume_at: int | None, ends: dict[TopicPartition, int]) -> None:
+        """Register an opened writer and seek its partition (synchronous: call it without awaiting
+        in between the assignment check and this)."""
+        self._writers[w.tp] = w
+        if ok and resume_at is not None and w.tp in ends and resume_at > ends[w.tp]:
+            # Seeking there would reset to the beginning and skip everything below the txn.
+            w.error = TerminalError(
+                f"table {w.qualified}: the Delta table has applied offsets up to {resume_at - 1} of {w.tp.topic} partition "
+                f"{w.tp.partition}, but the partition ends at {ends[w.tp]}: the topic was recreated. Drop the lake table to "
+                "rebuild it from the topic; stopped this table")
+            log.error("%s", w.error)
+            ok = False
+        if not ok:
+            return  # stopped with an error: wants_pause pauses it
+        # Offset 0 before the log start is reset to the earliest offset (auto_offset_reset="earliest").
+        self._consumer.seek(w.tp, 0 if resume_at is None else resume_at)
 
     async def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
         try:
             return await self._consumer.end_offsets(tps)
-        except KafkaError as e:  # only a safety check: go on without it
+        except Exception as e:  # only a safety check (and the partitions may be gone meanwhile): go on without it
             log.warning("could not read the end offsets of %d partition(s): %s", len(tps), e)
             return {}
 
-    async def _open(self, w: TableWriter) -> tuple[bool, int | None]:
-        for attempt in range(4):
-            try:
-                return True, await w.open()
-            except Exception as e:
-                if attempt == 3 or not is_retriable(e):
-                    w.error = TransientError(f"table {w.qualified}: cannot read the Delta table at {w.lake.uri} "
-                                             f"({e.__class__.__name__}: {e}); stopped this table until the sink restarts")
-                    log.error("%s", w.error)
-                    return False, None
-                log.warning("%s: reading the Delta table failed (%s); retrying", w.qualified, e)
-                await asyncio.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+    async def _open(self, w: TableWriter, attempt: int = 1) -> tuple[bool | None, int | None]:
+        """(True, offset to resume at) once read; (False, None) when retrying cannot help (the writer
+        is stopped with the error); (None, None) when it failed but may work later."""
+        try:
+            return True, await w.open()
+        except Exception as e:
+            what = f"table {w.qualified}: cannot read the Delta table at {w.lake.uri} ({e.__class__.__name__}: {e})"
+            if not is_retriable(e):
+                w.error = e if isinstance(e, TerminalError) else TerminalError(f"{what}; retrying cannot help: stopped this table")
+                log.error("%s", w.error)
+                return False, None
+            w.retrying = f"opening the Delta table: {e.__class__.__name__}: {e}"
+            log.warning("%s; retrying (attempt %d)", what, attempt)
+            return None, None
+
+    async def _retry_opens(self) -> None:
+        """Open the tables whose first read failed, when their backoff is over (from the loop)."""
+        now = time.monotonic()
+        due = [(w, b) for w, at, b in list(self._reopen.values()) if at <= now]
+        if not due:
+            return
+        results = await asyncio.gather(*(self._open(w, b.attempt + 1) for w, b in due))
+        ends = await self._end_offsets([w.tp for (w, _), (ok, at) in zip(due, results) if ok and at is not None])
+        # No await from here on (see _assigned).
+        current = self._consumer.assignment()
+        for (w, backoff), (ok, resume_at) in zip(due, results):
+            entry = self._reopen.get(w.tp)
+            if entry is None or entry[0] is not w or w.tp not in current:
+                continue  # revoked meanwhile
+            if ok is None:
+                self._reopen[w.tp] = (w, time.monotonic() + backoff.next(), backoff)
+                continue
+            del self._reopen[w.tp]
+            w.retrying = None
+            self._place(w, ok, resume_at, ends)
+            log.info("assigned table partition %s after %d failed read(s)", w.qualified, backoff.attempt)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -251,6 +308,7 @@ class DeltaSink(Sink):
         c = self._consumer
         assigned = c.assignment()
         want = {tp for tp, w in self._writers.items() if w.wants_pause and tp in assigned}
+        want |= {tp for tp in self._reopen if tp in assigned}  # not opened yet: no position to read from
         pause = want - self._paused
         resume = (self._paused - want) & assigned
         if pause:
@@ -303,12 +361,15 @@ class DeltaSink(Sink):
             if w.flush_task is not None:
                 self._lakes.pop(w.tp, None)
         self._writers.clear()
+        self._reopen.clear()
         self._paused.clear()
 
     async def _loop(self, stop: asyncio.Event) -> None:
         c = self._consumer
         last_metrics = 0.0
         while not stop.is_set():
+            if self._reopen:
+                await self._retry_opens()
             for w in list(self._writers.values()):
                 if w.backlog is not None and w.flush_task is None:
                     records, epoch = w.backlog
@@ -383,7 +444,7 @@ class DeltaSink(Sink):
             tables = await self._offline_status()
         else:
             tables = []
-            for tp, w in sorted(self._writers.items()):
+            for tp, w in sorted([*self._writers.items(), *((tp, e[0]) for tp, e in self._reopen.items())]):
                 st = w.status()
                 st["lag"] = st["lake_lag"] = None
                 if tp in c.assignment():

@@ -32,7 +32,8 @@ from lakeward.core.errors import LakewardError, PoisonEventError, SchemaChangeEr
 from lakeward.core.events import OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, TableSchema
 from lakeward.core.types import arrow_type, check_evolution
 from lakeward.sinks.delta.batch import OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, plan_changelog, plan_mirror
-from lakeward.sinks.delta.lake import LakeTable, is_retriable
+from lakeward.core.retry import Backoff, is_retriable
+from lakeward.sinks.delta.lake import LakeTable
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +525,7 @@ class TableWriter:
         """Dead letters are acknowledged before the commit that covers their offsets, so a crash
         between the two re-sends them (at least once) but never loses one."""
         assert self.dead_letters is not None
-        attempt = 0
+        backoff = Backoff()
         while self.active:
             try:
                 await self.dead_letters.send(self, batch.dead)
@@ -532,16 +533,21 @@ class TableWriter:
                 self._metrics.dead_letters.inc(len(batch.dead))
                 return True
             except Exception as e:  # the broker: retried like a commit, the table does not advance meanwhile
-                attempt += 1
-                if self.closing and attempt >= 3:
-                    raise TransientError(f"table {self.qualified}: sending {len(batch.dead)} dead letter(s) failed: {e}") from e
+                what = f"table {self.qualified}: sending {len(batch.dead)} dead letter(s) failed ({e.__class__.__name__}: {e})"
+                if not is_retriable(e):
+                    if isinstance(e, LakewardError):
+                        raise
+                    raise TerminalError(f"{what}; retrying cannot help: stopped this table") from e
+                delay = backoff.next()
+                if self.closing and backoff.attempt >= 3:
+                    raise TransientError(what) from e
                 self.retrying = f"dead-letter topic: {e.__class__.__name__}: {e}"
-                log.warning("%s: sending dead letters failed (attempt %d: %s); retrying", self.qualified, attempt, e)
-                await asyncio.sleep(min(30.0, 0.25 * 2 ** (attempt - 1)))
+                log.warning("%s: sending dead letters failed (attempt %d: %s); retrying in %.1fs", self.qualified, backoff.attempt, e, delay)
+                await backoff.sleep(delay)
         return False
 
     async def _commit(self, plan: Plan, batch: Batch) -> bool:
-        attempt = 0
+        backoff = Backoff()
         while True:
             if not self.active:
                 return False
@@ -552,15 +558,15 @@ class TableWriter:
             except Exception as e:
                 if not is_retriable(e):
                     raise
-                attempt += 1
+                delay = backoff.next()
+                attempt = backoff.attempt
                 self._metrics.retries.inc()
                 if self.closing and attempt >= 3:
                     raise TransientError(f"table {self.qualified}: {e}") from e
-                delay = min(30.0, 0.25 * 2 ** (attempt - 1))
                 self.retrying = f"{e.__class__.__name__}: {e}"
                 (log.error if attempt >= 5 else log.warning)("%s: writing offsets %d-%d failed (attempt %d: %s); retrying in %.1fs",
                                                              self.qualified, batch.first, batch.last, attempt, self.retrying, delay)
-                await asyncio.sleep(delay)
+                await backoff.sleep(delay)
         self.retrying = None
         if not res.ok:
             await self._resync(res.txn)
