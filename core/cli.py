@@ -221,10 +221,7 @@ def query(
     A table that cannot be read is left out with a warning on stderr; a query that reads it fails."""
     try:
         cfg = _config()
-        try:
-            named = lakefs.referenced_tables(sql)
-        except Exception as e:  # noqa: BLE001 - duckdb's parser error, reported below like any other
-            raise _QueryFailed(str(e)) from None
+        named = lakefs.referenced_tables(sql)
         lake = lakefs.open_lake(cfg, as_of=as_of, prepare=named)
         for name, why in lake.unreadable.items():
             err.print(f"[yellow]warning:[/] lake table {name} cannot be read, left out: {why}", highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,16 +141,25 @@ class LakeView:
         self.con.close()
 
 
+_BACKTRACE_FRAME = re.compile(r"^\s*(\d+: |at \S+:\d+)")
+
+
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or e.__class__.__name__
+    """The error on one line, without the Rust backtrace delta-rs may append (RUST_BACKTRACE)."""
+    lines = [line for line in str(e).splitlines() if not _BACKTRACE_FRAME.match(line)]
+    text = " ".join(" ".join(lines).split()) or e.__class__.__name__
     return f"{e.__class__.__name__}: {text}" if e.__class__.__name__ not in text else text
 
 
 def referenced_tables(sql: str) -> set[str] | None:
     """The `<source>.<schema>.<table>` names a statement reads, or None when it names a table in a
-    way that is not fully qualified (then every table may be meant). Raises duckdb's parser error."""
+    way that is not fully qualified, or cannot tell (then every table may be meant)."""
     names: set[str] = set()
-    for qualified in duckdb.connect().get_table_names(sql, qualified=True):
+    try:
+        found = duckdb.connect().get_table_names(sql, qualified=True)
+    except duckdb.Error:  # a syntax error (reported when the query runs) or a clause it binds, such as USING
+        return None
+    for qualified in found:
         parts = _split_identifier(qualified)
         if len(parts) != 3:
             return None
