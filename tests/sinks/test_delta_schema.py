@@ -104,3 +104,45 @@ async def test_value_that_does_not_convert_stops_the_table_at_its_offset(lab):
     assert "partition 0 offset 1: column 'qty' value 'two' is not a valid integer" in table["error"]
     assert lab.data(t, ("id",)) == [{"id": 1}]  # the events before it are written
     assert table["committed_offset"] == 0
+
+
+@pytest.mark.parametrize("mode", ["mirror", "changelog"])
+async def test_timestamp_ntz_columns_added_by_schema_evolution_keep_the_table_readable(lab, mode):
+    """ALTER TABLE ... ADD COLUMN x timestamp (and timestamp[]): on an existing table and on a new one,
+    with several flushes after it, readable by delta-rs and DuckDB, protocol with timestampNtz."""
+    import datetime as dt
+
+    import duckdb
+
+    v1 = await lab.table("shop", "public", "old", [("id", "long"), ("a", "string")], ["id"])
+    fresh = await lab.table("shop", "public", "fresh", [("id", "long"), ("x", "timestamp_ntz")], ["id"])
+    await lab.publish(v1, [ins({"id": 1, "a": "x"})])
+    await lab.publish(fresh, [ins({"id": 1, "x": "2024-01-31 12:00:00"})])
+    cols = ("id", "a", "x", "xs") if mode == "mirror" else ("id", "a", "x", "xs", "_lakeward_op")
+    async with lab.sink(mode=mode):
+        await lab.until(lambda: len(lab.rows(v1)) == 1, what="first row")
+        v2 = await lab.table("shop", "public", "old", [("id", "long"), ("a", "string"), ("x", "timestamp_ntz"),
+                                                       ("xs", "array<timestamp_ntz>")], ["id"])
+        for i in range(2, 5):  # one flush each
+            await lab.publish(v2, [ins({"id": i, "a": f"r{i}", "x": f"2024-02-0{i} 10:00:00.25", "xs": [f"2024-03-0{i} 00:00:00", None]}),
+                                   upd({"id": 1, "a": f"x{i}", "x": None, "xs": []})])
+            await lab.until(lambda i=i: any(r["id"] == i for r in lab.rows(v1)), what=f"row {i}")
+        await lab.publish(fresh, [ins({"id": 2, "x": "2024-02-01 00:00:00"}), dele({"id": 1, "x": None})])
+        if mode == "mirror":
+            want = [{"id": 1, "a": "x4", "x": None, "xs": []}] + [
+                {"id": i, "a": f"r{i}", "x": dt.datetime(2024, 2, i, 10, 0, 0, 250000), "xs": [dt.datetime(2024, 3, i), None]} for i in range(2, 5)]
+            await lab.until_rows(v1, want, cols=cols)
+            await lab.until_rows(fresh, [{"id": 2, "x": dt.datetime(2024, 2, 1)}])
+        else:
+            await lab.until(lambda: len(lab.rows(v1)) == 7 and len(lab.rows(fresh)) == 3, what="changelog rows")
+    for ts in (v1, fresh):
+        p = DeltaTable(lab.uri(ts)).protocol()
+        assert (p.min_reader_version, p.min_writer_version) == (3, 7)
+        assert "timestampNtz" in (p.reader_features or []) and "timestampNtz" in (p.writer_features or [])
+    rows = DeltaTable(lab.uri(v1)).to_pyarrow_table().to_pylist()
+    assert len(rows) == (4 if mode == "mirror" else 7)
+    assert sorted(r["x"] for r in rows if r["x"] is not None) == [dt.datetime(2024, 2, i, 10, 0, 0, 250000) for i in range(2, 5)]
+    con = duckdb.connect()
+    con.register("t", DeltaTable(lab.uri(v1)).to_pyarrow_dataset())
+    got = con.sql("SELECT id, x, xs FROM t ORDER BY id, x NULLS FIRST").fetchall()
+    assert [g for g in got if g[0] == 3] == [(3, dt.datetime(2024, 2, 3, 10, 0, 0, 250000), [dt.datetime(2024, 3, 3), None])]
