@@ -37,8 +37,8 @@ METADATA_MAX_AGE_MS = 3000
 """How often the consumer refreshes topic metadata: a new table topic is picked up within this."""
 REVOKE_WAIT_S = 20.0
 """How long a revoked partition's commit in flight may take before the rebalance goes on without it."""
-OPEN_BACKOFF_MAX_S = 30.0
-"""Longest wait between two attempts to read a table's Delta log on assignment."""
+OPEN_BACKOFF_S = (0.5, 30.0)
+"""First and longest wait between two attempts to read a table's Delta log on assignment."""
 POLL_MAX_S = 0.5
 POLL_BUSY_S = 0.02
 METRICS_INTERVAL_S = 1.0
@@ -181,7 +181,8 @@ class DeltaSink(Sink):
         for tp in revoked:
             self._paused.discard(tp)
             self._ignored.discard(tp)
-            self._reopen.pop(tp, None)
+            if self._reopen.pop(tp, None) is not None:
+                self._lakes.pop(tp, None)  # a retry of its read may still run in a thread: never share that LakeTable
         if writers:
             log.info("revoked %d table partition(s)", len(writers))
 
@@ -215,7 +216,7 @@ class DeltaSink(Sink):
                          w.qualified, w.tp)
                 continue
             if ok is None:  # the table could not be read yet: paused, retried from the loop
-                backoff = Backoff(initial=0.5, maximum=OPEN_BACKOFF_MAX_S)
+                backoff = Backoff(initial=OPEN_BACKOFF_S[0], maximum=OPEN_BACKOFF_S[1])
                 self._reopen[w.tp] = (w, time.monotonic() + backoff.next(), backoff)
                 self._consumer.pause(w.tp)
                 self._paused.add(w.tp)

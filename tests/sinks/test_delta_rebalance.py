@@ -63,3 +63,39 @@ async def test_topics_created_while_the_sink_is_subscribed(lab, caplog, monkeypa
     assert not bad, "\n".join(bad)
     rebalances = [r for r in caplog.records if r.getMessage().startswith("revoked")]
     assert len(rebalances) >= 3, "the test did not make the group rebalance while tables were created"
+
+
+async def test_a_table_that_cannot_be_read_on_assignment_waits_and_resumes_exactly(lab, caplog, monkeypatch):
+    """The Delta log cannot be read when the partition is assigned (storage down): the writer waits
+    paused, the read is retried with backoff, and once it works the table resumes at its txn + 1."""
+    from lakeward.sinks.delta.lake import LakeTable
+
+    ts = await lab.table("shop", "public", "flaky", [("id", "long"), ("v", "string")], ["id"])
+    await lab.publish(ts, [ins({"id": 1, "v": "a"}), ins({"id": 2, "v": "b"})])
+    async with lab.sink(mode="changelog") as sink:
+        await lab.until(lambda: len(lab.rows(ts)) == 2, what="first rows")
+    await lab.publish(ts, [upd({"id": 1, "v": "a2"}), ins({"id": 3, "v": "c"})])
+
+    real_load = LakeTable.load
+    failures = {"left": 6}
+
+    def load(self):
+        if self.table == "shop.public.flaky" and failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(f"storage unavailable (injected, {failures['left']} left)")
+        return real_load(self)
+
+    monkeypatch.setattr(LakeTable, "load", load)
+    monkeypatch.setattr(sink_module, "OPEN_BACKOFF_S", (0.05, 0.2))
+    caplog.set_level(logging.INFO)
+    async with lab.sink(mode="changelog") as sink:
+        await lab.until(lambda: failures["left"] == 0 and len(lab.rows(ts)) == 4, timeout=30, what="the rows after the retries")
+        await lab.until_committed(sink, 3)
+        status = await sink.status()
+    rows = lab.rows(ts)
+    assert sorted((r["_lakeward_offset"], r["id"], r["v"]) for r in rows) == [(0, 1, "a"), (1, 2, "b"), (2, 1, "a2"), (3, 3, "c")]
+    assert [t["error"] for t in status["tables"]] == [None]
+    retries = [r for r in caplog.records if "storage unavailable" in r.getMessage()]
+    assert len(retries) == 6 and all(r.levelno == logging.WARNING for r in retries)
+    bad = [r.getMessage() for r in caplog.records if r.exc_info or (r.levelno >= logging.ERROR and r.name.startswith("lakeward"))]
+    assert not bad, bad
