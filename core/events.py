@@ -12,7 +12,9 @@ commit order. Each message is
 Ops: c insert, u update, d delete, r snapshot read, t truncate. A snapshot of a table starts with a
 `t` event ("the table is reset to what follows"), so a restarted snapshot never leaves stale rows.
 In `after` (and `before`), a column that is absent (not null: absent) is an unchanged TOASTed value
-the source did not send; the lake keeps the stored value.
+the source did not send; the lake keeps the stored value. A primary-key change is a `d` of the old key
+(header __debezium.newkey) directly followed by a `c` of the new one (header __debezium.oldkey), as
+Debezium does; an absent column of that `c` holds the value stored under the old key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import orjson
 
 POSITION_HEADER = "lakeward.pos"
 SCHEMA_HEADER = "lakeward.schema"
+OLD_KEY_HEADER = "__debezium.oldkey"
+"""On the `c` of a primary-key change: the old key (JSON, as the message key of its `d`)."""
+NEW_KEY_HEADER = "__debezium.newkey"
+"""On the `d` of a primary-key change: the new key. The `c` is the next event of the topic."""
 SCHEMA_TOPIC_SUFFIX = "__schemas"
 
 OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE = "c", "u", "d", "r", "t"

@@ -32,7 +32,7 @@ from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import (
-    OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
+    NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
 )
 from lakeward.core.source import Source
@@ -301,10 +301,15 @@ class PostgresSource(Source):
         base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
         return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base, counts=counts)
 
-    def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes) -> None:
-        """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event."""
+    def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes,
+              link: tuple[str, bytes] | None = None) -> None:
+        """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event;
+        `link` the extra header of a primary-key change's halves (__debezium.newkey / .oldkey)."""
         value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
-        self._publisher.append(t.topic, key, value, [(POSITION_HEADER, pos), t.schema_header])
+        headers = [(POSITION_HEADER, pos), t.schema_header]
+        if link is not None:
+            headers.append(link)
+        self._publisher.append(t.topic, key, value, headers)
         self.events_published += 1
         t.counts[op] += 1
 
@@ -487,12 +492,14 @@ class PostgresSource(Source):
                 before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
             after, _ = pgoutput.decode_row(buf, pos + 1, columns, before)  # 'N'
             if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
-                # A primary-key change is a delete of the old key and a create of the new one (as Debezium).
-                old_key = {k: before.get(k) for k in t.pk}
+                # A primary-key change is a delete of the old key and a create of the new one (as Debezium),
+                # each naming the other key in a header. With REPLICA IDENTITY DEFAULT an unchanged TOASTed
+                # value is absent from `after` (pgoutput sends `u`): the sink takes it from the old key's row.
+                old_key, new_key = _dumps({k: before.get(k) for k in t.pk}), t.key(after)
                 txn.seq += 1
-                self._emit(t, _D, _dumps(old_key), before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                self._emit(t, _D, old_key, before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (NEW_KEY_HEADER, new_key))
                 txn.seq += 1
-                self._emit(t, _C, t.key(after), None, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                self._emit(t, _C, new_key, None, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (OLD_KEY_HEADER, old_key))
             else:
                 txn.seq += 1
                 self._emit(t, _U, t.key(after), before, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))

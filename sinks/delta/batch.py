@@ -10,6 +10,7 @@ mode keeps one row per event (`plan_changelog`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeward.core.errors import PoisonEventError
-from lakeward.core.events import OP_DELETE, OP_TRUNCATE, TableSchema
+from lakeward.core.errors import PoisonEventError, TerminalError
+from lakeward.core.events import OLD_KEY_HEADER, OP_DELETE, OP_TRUNCATE, TableSchema
 from lakeward.core.types import to_arrow
 
 # Metadata columns written next to the data columns.
@@ -44,8 +45,9 @@ META_TYPES: dict[str, pa.DataType] = {
     META_UNCHANGED: pa.large_list(pa.large_string()),
 }
 
-# An event is a plain tuple (cheapest to build per message); these are its fields.
-OFF, POS, OP, BEFORE, AFTER, TS, TXID, KEY, INFO = range(9)
+# An event is a plain tuple (cheapest to build per message); these are its fields. LINK: the other
+# key of a primary-key change (header __debezium.newkey of its `d`, __debezium.oldkey of its `c`), else None.
+OFF, POS, OP, BEFORE, AFTER, TS, TXID, KEY, INFO, LINK = range(10)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -166,8 +168,60 @@ _UPSERT, _FRESH, _DELETE = 0, 1, 2
 """State of a key in a mirror batch: upserted (absent columns keep the lake's value), upserted after
 a delete or truncate in the same batch (absent columns are null: there is no stored value), deleted."""
 
+Lookup = Callable[[pa.Table, list[str]], "pa.Table | None"]
+"""Reads rows of the lake table by primary key: (keys as a table of the pk columns, columns wanted) ->
+the matching rows with the pk columns and those columns (None: no lake table). Called from the
+planning thread, on the snapshot the batch's commit is fenced on (LakeTable.lookup)."""
 
-def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: int) -> Plan:
+
+def is_key_change_delete(ev: tuple) -> bool:
+    """The `d` half of a primary-key change: its `c` is the next event and must be in the same batch."""
+    return ev[LINK] is not None and ev[OP] == OP_DELETE
+
+
+def _link_key(ev: tuple, pk: tuple[str, ...], topic: str, partition: int) -> tuple[Any, dict[str, Any]]:
+    """(hashable key, {pk col: value}) of the old key a key change's `c` names in its header."""
+    try:
+        row = orjson.loads(ev[LINK])
+        row = {c: row[c] for c in pk}
+        key = row[pk[0]] if len(pk) == 1 else tuple(row[c] for c in pk)
+        hash(key)
+    except (KeyError, TypeError, orjson.JSONDecodeError):
+        raise _poison(topic, partition, ev[OFF], f"header {OLD_KEY_HEADER} is not a primary key {list(pk)}: {ev[LINK]!r}") from None
+    return key, row
+
+
+def _unfound(ev: tuple, old: dict[str, Any], columns: set[str] | list[str], topic: str, partition: int, where: str) -> TerminalError:
+    info = ev[INFO]
+    new = {c: ev[AFTER].get(c) for c in info.pk}
+    cols = ", ".join(repr(c) for c in info.names if c in columns)
+    return TerminalError(
+        f"table {info.schema.qualified}: the primary key changed from {orjson.dumps(old).decode()} to {orjson.dumps(new).decode()} "
+        f"(topic {topic} partition {partition} offset {ev[OFF]}) and the unchanged out-of-line (TOASTed) value of column(s) {cols}, "
+        f"which PostgreSQL does not send again, is {where}; stopped this table rather than write NULL. Rebuild the table from a new "
+        f"snapshot of the source (docs/operations.md, Rebuilding)")
+
+
+def _carry(src: list, after: dict[str, Any], info: SchemaInfo, missing: set[str], src_keyrow: dict[str, Any], src_key: Any) -> tuple[dict, Any]:
+    """The row of a key change's `c` (or of an update after one) built on the entry `src` holds:
+    (row, lake fill or None). Columns `src` lacks come from the lake: under the key of `src` when it
+    is an upsert (absent columns are stored there), else where `src` itself was to take them from."""
+    prow = src[0]
+    row = {**prow, **after}
+    if src[1][INFO] is not info:
+        row = {c: v for c, v in row.items() if c in info.colset}
+    still = missing - prow.keys()
+    if not still:
+        return row, None
+    if src[3] == _UPSERT:
+        return row, (src_keyrow, src_key, still)
+    fill = src[4]
+    if fill is not None and still <= fill[2]:
+        return row, (fill[0], fill[1], still)
+    return row, False  # nowhere
+
+
+def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: int, lookup: Lookup | None = None) -> Plan:
     """Collapse a batch per primary key, in order, into one MERGE (or one overwrite after a truncate).
 
     c/r/u upsert the `after` row, d deletes (key from `before` or the message key); a key change is
@@ -175,13 +229,22 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
     earlier event of the batch for that key; failing that the row gets a KEEP flag for the column
     and the MERGE keeps the stored value. A truncate drops everything before it: the table is
     overwritten with the rows that follow it.
+
+    The `c` of a key change (header __debezium.oldkey) takes its absent columns from the old key:
+    from the batch when the old key's row is in it (its `d` always is: a batch never ends between
+    the two halves), else from the lake under the old key (`lookup`, before the MERGE deletes it).
+    A value found nowhere stops the table (TerminalError): it is never written as NULL.
     """
     start, truncated = 0, False
     for i in range(len(events) - 1, -1, -1):
         if events[i][OP] == OP_TRUNCATE:
             start, truncated = i + 1, True
             break
+    # Per key: [row, event, KEEP columns or None, state, lake fill or None]; a lake fill is
+    # (old key row, old key, columns) to read from the lake under the old key.
     state: dict[Any, list] = {}
+    moved: dict[Any, list | None] = {}
+    """Old key of a key change in this batch -> its entry just before its `d` (None: not in the batch)."""
     pk: tuple[str, ...] = ()
     info = None
     for idx in range(start, len(events)):
@@ -190,10 +253,12 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
         pk = info.pk
         if ev[OP] == OP_DELETE:
             key, keyrow = _key_of(ev, pk, topic, partition)
+            if ev[LINK] is not None:
+                moved[key] = state.get(key)
             if truncated:
                 state.pop(key, None)
             else:
-                state[key] = [keyrow, ev, None, _DELETE]
+                state[key] = [keyrow, ev, None, _DELETE, None]
             continue
         after = ev[AFTER]
         try:
@@ -202,11 +267,34 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
         except (KeyError, TypeError):
             raise _poison(topic, partition, ev[OFF], f"`after` lacks a primary key column of {list(pk)}") from None
         if after.keys() >= info.colset:
-            state[key] = [after, ev, None, _FRESH if truncated or (prev is not None and prev[3] != _UPSERT) else _UPSERT]
+            state[key] = [after, ev, None, _FRESH if truncated or (prev is not None and prev[3] != _UPSERT) else _UPSERT, None]
             continue
         # Some columns are absent: unchanged TOASTed values.
         missing = info.colset - after.keys()
+        if ev[LINK] is not None and ev[OP] != OP_DELETE:
+            # The new key of a key change: its absent values are the old key's. Nothing is stored
+            # under the new key, so nothing is kept from there (state _FRESH).
+            okey, okeyrow = _link_key(ev, pk, topic, partition)
+            src = moved.pop(okey) if okey in moved else state.get(okey)
+            if src is None:
+                if truncated:
+                    raise _unfound(ev, okeyrow, missing, topic, partition, "not in the batch, and the table was truncated before it")
+                row, fill = after, (okeyrow, okey, missing)
+            elif src[3] == _DELETE:
+                raise _unfound(ev, okeyrow, missing, topic, partition, "gone: the old key was deleted before")
+            else:
+                row, fill = _carry(src, after, info, missing, okeyrow, okey)
+                if fill is False:
+                    raise _unfound(ev, okeyrow, missing, topic, partition, "not in the batch, and the old key's row was not stored before it")
+            state[key] = [row, ev, None, _FRESH, fill]
+            continue
         if prev is not None and prev[3] != _DELETE:
+            if prev[4] is not None:  # an update of a moved row: what it lacks comes from the old key
+                row, fill = _carry(prev, after, info, missing, {}, None)
+                if fill is False:
+                    raise _unfound(prev[1], prev[4][0], missing - prev[0].keys(), topic, partition, "missing from the old key's row")
+                state[key] = [row, ev, None, prev[3], fill]
+                continue
             prow = prev[0]
             row = {**prow, **after}
             if prev[1][INFO] is not info:
@@ -217,7 +305,7 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
             row, kind, keep = after, (_FRESH if truncated or prev is not None else _UPSERT), None
             if kind == _UPSERT:
                 keep = missing
-        state[key] = [row, ev, keep or None, kind]
+        state[key] = [row, ev, keep or None, kind, None]
 
     if not state and not truncated:
         return Plan("none", None, events=0)
@@ -225,6 +313,8 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
     rows = [e[0] for e in entries]
     evs = [e[1] for e in entries]
     cols = _columns(catalog, rows, evs, topic, partition)
+    if any(e[4] is not None for e in entries):
+        _fill_from_lake(cols, entries, catalog, pk, lookup, topic, partition)
     cols.update(_meta(evs))
     n = len(entries)
     if truncated:
@@ -238,6 +328,37 @@ def plan_mirror(events: list[tuple], catalog: Catalog, topic: str, partition: in
     for c in keep:
         cols[KEEP_PREFIX + c] = pa.array([bool(e[2]) and c in e[2] for e in entries], type=pa.bool_())
     return Plan("merge", pa.table(cols), pk=pk, keep=keep, events=len(events))
+
+
+def _fill_from_lake(cols: dict[str, pa.Array], entries: list[list], catalog: Catalog, pk: tuple[str, ...], lookup: Lookup | None,
+                    topic: str, partition: int) -> None:
+    """Put the values the new keys of key changes take from the lake (under their old keys) into `cols`."""
+    olds: dict[Any, dict[str, Any]] = {}
+    wanted: set[str] = set()
+    for e in entries:
+        if e[4] is not None:
+            olds.setdefault(e[4][1], e[4][0])
+            wanted |= e[4][2]
+    names = [c for c in catalog.arrow if c in wanted]
+    keyrows = list(olds.values())
+    keys = pa.table({c: catalog.column(c, [r[c] for r in keyrows], len(keyrows)) for c in pk})
+    found = lookup(keys, names) if lookup is not None else None
+    at: dict[Any, int] = {}
+    if found is not None and found.num_rows:
+        for j, r in enumerate(found.select(list(pk)).to_pylist()):
+            at[r[pk[0]] if len(pk) == 1 else tuple(r[c] for c in pk)] = j
+    ours = keys.to_pylist()  # the old keys as the lake's Python values, in the order of `olds`
+    index = {k: at.get(r[pk[0]] if len(pk) == 1 else tuple(r[c] for c in pk)) for k, r in zip(olds, ours)}
+    for c in names:
+        idx = [index[e[4][1]] if e[4] is not None and c in e[4][2] else None for e in entries]
+        column = found.column(c) if found is not None and c in found.column_names else None
+        for e, j in zip(entries, idx):
+            if e[4] is not None and c in e[4][2] and (j is None or column is None or not column[j].is_valid):
+                raise _unfound(e[1], e[4][0], e[4][2], topic, partition,
+                               "not in the batch, nor in the lake under the old key" if j is None else
+                               f"not in the batch, and the lake holds NULL for {c!r} under the old key")
+        taken = column.take(pa.array(idx, type=pa.int64())).combine_chunks().cast(cols[c].type)  # type: ignore[union-attr]
+        cols[c] = pc.if_else(pc.is_valid(pa.array(idx, type=pa.int64())), taken, cols[c])
 
 
 def _empty(catalog: Catalog, *, mirror: bool) -> pa.Table:

@@ -161,8 +161,14 @@ class LakeTable:
         pk = keys.column_names
         expr = None
         for c in pk:
-            values = keys.column(c).cast(ds.schema.field(c).type).unique()
-            expr = pc.field(c).isin(values) if expr is None else expr & pc.field(c).isin(values)
+            typ = ds.schema.field(c).type
+            field = pc.field(c)
+            if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+                # MERGE writes Utf8View files under a `string` schema: compare by value, not by file statistics.
+                typ = pa.large_binary() if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) else pa.large_string()
+                field = field.cast(typ)
+            values = keys.column(c).cast(typ).unique()
+            expr = field.isin(values) if expr is None else expr & field.isin(values)
         return ds.to_table(columns=pk + [c for c in columns if c in ds.schema.names and c not in pk], filter=expr)
 
     # --- writing --------------------------------------------------------------------------------

@@ -29,9 +29,11 @@ from aiokafka import TopicPartition
 
 from lakeward.core import metrics
 from lakeward.core.errors import LakewardError, PoisonEventError, SchemaChangeError, TerminalError, TransientError
-from lakeward.core.events import OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, TableSchema
+from lakeward.core.events import (NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER,
+                                  SCHEMA_HEADER, TableSchema)
 from lakeward.core.types import arrow_type, check_evolution
-from lakeward.sinks.delta.batch import OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, plan_changelog, plan_mirror
+from lakeward.sinks.delta.batch import (OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, is_key_change_delete,
+                                        plan_changelog, plan_mirror)
 from lakeward.core.retry import Backoff, is_retriable
 from lakeward.sinks.delta.lake import LakeTable
 
@@ -141,6 +143,9 @@ class TableWriter:
         self._bytes = 0
         self._buf_last: int | None = None
         self._buf_since = 0.0
+        self._open_pair: int | None = None
+        """Offset of the buffer's last event when it is the `d` of a primary-key change whose `c` is not
+        buffered yet: no batch may end there (the `c` takes values stored under the old key)."""
 
         self.backlog: tuple[list[Any], int] | None = None
         """Fetched records not buffered yet (the buffer was full while a flush was in flight)."""
@@ -193,6 +198,7 @@ class TableWriter:
         self._dead = []
         self._bytes = 0
         self._buf_last = None
+        self._open_pair = None
 
     async def revoke(self, timeout: float) -> None:
         """The partition goes to another worker: finish the commit in flight, drop what is buffered."""
@@ -216,8 +222,8 @@ class TableWriter:
                 self.backlog = None
                 await self.ingest(records, epoch)
                 continue
-            if self._buf_last is None:
-                break
+            if self._buf_last is None or not self._flushable():
+                break  # nothing, or only the `d` of a key change whose `c` was not fetched: it stays in Kafka
             self.start_flush()
         self.active = False
 
@@ -274,6 +280,7 @@ class TableWriter:
                     buf_last = off
                     continue
                 h = r.headers
+                link = None
                 if len(h) == 2 and h[0][0] == POSITION_HEADER and h[1][0] == SCHEMA_HEADER:
                     pos, sid = h[0][1], h[1][1]  # the order sources write them in
                 else:
@@ -283,6 +290,8 @@ class TableWriter:
                             pos = v
                         elif k == SCHEMA_HEADER:
                             sid = v
+                        elif k == OLD_KEY_HEADER or k == NEW_KEY_HEADER:
+                            link = v  # a primary-key change (see batch.LINK)
                 if pos is None or sid is None:
                     self._dead_letter(r, self._poison(off, f"the message lacks the {POSITION_HEADER} or {SCHEMA_HEADER} header"))
                     nxt = off + 1
@@ -321,9 +330,9 @@ class TableWriter:
                         continue
                     src = ev.get("source")
                     if src:
-                        events.append((off, pos, op, ev.get("before"), after, src.get("ts_ms"), src.get("txId"), r.key, info))
+                        events.append((off, pos, op, ev.get("before"), after, src.get("ts_ms"), src.get("txId"), r.key, info, link))
                     else:
-                        events.append((off, pos, op, ev.get("before"), after, None, None, r.key, info))
+                        events.append((off, pos, op, ev.get("before"), after, None, None, r.key, info, link))
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     self._dead_letter(r, self._poison(off, f"undecodable event ({e.__class__.__name__}: {e})"))
                     nxt = off + 1
@@ -333,11 +342,12 @@ class TableWriter:
                 last_pos = pos
                 nxt = off + 1
                 buf_last = off
-                if len(events) >= max_rows or nbytes >= max_bytes:
+                self._open_pair = off if link is not None and op == OP_DELETE else None
+                if (len(events) >= max_rows or nbytes >= max_bytes) and self._open_pair is None:
                     self.next_offset, self.last_position, self._bytes, self._buf_last = nxt, last_pos, nbytes, buf_last
                     if self.flush_task is None:
                         self.start_flush()
-                        events, nbytes, buf_last = self._events, 0, None
+                        events, nbytes, buf_last = self._events, self._bytes, self._buf_last
                     else:
                         if i < n:
                             self.backlog = (records[i:], epoch)
@@ -404,10 +414,14 @@ class TableWriter:
 
     # --- flushing -------------------------------------------------------------------------------
 
+    def _flushable(self) -> bool:
+        """Whether the buffer holds something a batch may end with: not only a key change's dangling `d`."""
+        return self._buf_last is not None and (self._open_pair is None or len(self._events) > 1)
+
     def due(self, now: float) -> bool:
         if self.flush_task is not None or self.error is not None or not self.active or self._resyncing:
             return False
-        if self._buf_last is None:
+        if not self._flushable():
             if self._pending_error is not None:
                 self.error, self._pending_error = self._pending_error, None
             return False
@@ -415,17 +429,31 @@ class TableWriter:
                 or now - self._buf_since >= self.batch_interval_s)
 
     def next_due(self, now: float) -> float | None:
-        """Seconds until the time-based flush, None when nothing is buffered."""
-        if self._buf_last is None or self.flush_task is not None:
+        """Seconds until the time-based flush, None when nothing (that may be written yet) is buffered."""
+        if not self._flushable() or self.flush_task is not None:
             return None
         return max(0.0, self._buf_since + self.batch_interval_s - now)
 
     def start_flush(self) -> None:
-        if self._buf_last is None or self.flush_task is not None:
+        """Hand the buffer to a flush. A batch never ends between the `d` of a primary-key change and
+        its `c` (the `c` takes the values stored under the old key, which the `d` deletes): a dangling
+        `d` stays buffered, and the batch ends right before it."""
+        if not self._flushable() or self.flush_task is not None:
             return
         first = 0 if self.committed_offset is None else self.committed_offset + 1
-        batch = Batch(self._events, first, self._buf_last, self.last_position, self._dead)
+        events, dead, tail = self._events, self._dead, None
+        if self._open_pair is not None:
+            d = events[-1]
+            assert d[OFF] == self._open_pair and is_key_change_delete(d)
+            events = events[:-1]
+            tail = ([d], [x for x in dead if x.offset > d[OFF]], self._buf_last, self._open_pair)
+            dead = [x for x in dead if x.offset < d[OFF]]
+            batch = Batch(events, first, d[OFF] - 1, events[-1][POS], dead)
+        else:
+            batch = Batch(events, first, self._buf_last, self.last_position, dead)
         self._reset_buffer()
+        if tail is not None:
+            self._events, self._dead, self._buf_last, self._open_pair = tail
         self._buf_since = time.monotonic()
         self.flush_task = asyncio.create_task(self._flush(batch), name=f"flush {self.tp.topic}")
 
@@ -457,8 +485,9 @@ class TableWriter:
         return Catalog(dict(self.catalog.arrow), dict(self.catalog.lake))
 
     def _plan(self, events: list[tuple], catalog: Catalog) -> Plan:
-        build = plan_mirror if self.mode == "mirror" else plan_changelog
-        return build(events, catalog, self.tp.topic, self.tp.partition)
+        if self.mode == "mirror":
+            return plan_mirror(events, catalog, self.tp.topic, self.tp.partition, lookup=self.lake.lookup)
+        return plan_changelog(events, catalog, self.tp.topic, self.tp.partition)
 
     def _plan_counted(self, events: list[tuple], catalog: Catalog) -> tuple[Plan, Counter[str]]:
         """The plan and the batch's events per op (for the metrics), both in the worker thread."""
@@ -487,6 +516,8 @@ class TableWriter:
                 # is planned again: it may hold another bad value, at an earlier offset.)
                 poison = self._pending_error = PoisonEventError(f"table {self.qualified}: {e}")
                 events = [ev for ev in batch.events if ev[OFF] < bad]
+                if events and is_key_change_delete(events[-1]):
+                    bad = events.pop()[OFF]  # the `d` of a key change goes with its `c`
                 batch = Batch(events, batch.first, bad - 1, events[-1][POS] if events else self.committed_position, [])
         if batch.last < batch.first:
             if poison:
