@@ -206,9 +206,9 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("command", [" ".join(c) for c in COMMANDS])
-def test_global_options_before_and_after_every_subcommand(tmp_path, command):
-    args = command.split(" ")
+@pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_global_options_before_and_after_every_subcommand(tmp_path, args):
+    args = list(args)
     path = [a for a in args if not a.startswith("-") and a[0].islower()][: 2 if args[0] in ("lake", "demo") else 1]
     missing = tmp_path / "nowhere.yaml"
     placements = {
@@ -233,10 +233,12 @@ def test_log_options_after_the_subcommand_take_effect(tmp_path, where):
     """`lakeward run ... --log-format json` logs JSON lines; `--log-level warning` silences INFO."""
     cfg = tmp_path / "lakeward.yaml"
     cfg.write_text(f"broker:\n  bootstrap_servers: {BROKER}\n  topic_prefix: t{os.getpid()}{where[0]}\nlake:\n  uri: {tmp_path / 'lake'}\n"
-                   "sources: []\nsinks:\n  - name: lake\n    type: delta\n    sources: []\n")
+                   "sources:\n  - name: shop\n    type: postgres\n    dsn: postgresql://postgres@127.0.0.1:5432/postgres\n"
+                   "sinks:\n  - name: lake\n    type: delta\n    sources: [shop]\n")
     for level, expect_lines in (("info", True), ("warning", False)):
         opts = ["-c", str(cfg), "--log-format", "json", "--log-level", level]
-        argv = [*opts, "run", "--metrics-port", "0"] if where == "before" else ["run", "--metrics-port", "0", *opts]
+        run = ["run", "--sink", "lake", "--metrics-port", "0"]
+        argv = [*opts, *run] if where == "before" else [*run, *opts]
         proc = subprocess.Popen([sys.executable, "-m", "lakeward.core.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=ENV)
         time.sleep(6)
