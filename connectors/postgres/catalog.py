@@ -181,13 +181,19 @@ async def format_types(conn: psycopg.AsyncConnection, pairs: list[tuple[int, int
             cache[(o, m)] = text
 
 
+_NOT_GENERATED = "AND attgenerated = ''"
+"""Generated (stored) columns: pgoutput before PostgreSQL 18 leaves them out of Relation messages and
+row data, so the snapshot leaves them out too (a snapshot value would never be updated by the stream)."""
+
+
 async def table_columns(conn: psycopg.AsyncConnection, schema: str, table: str) -> tuple[int, list[tuple[str, int, int]]]:
     """(relid, [(name, type oid, typmod)]) as the catalog has them now (what the snapshot reads)."""
     row = await (await conn.execute("SELECT %s::regclass::oid", (_ident(schema, table),))).fetchone()
     assert row is not None
     relid = row[0]
     cols = await (await conn.execute(
-        "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+        f"{_NOT_GENERATED} ORDER BY attnum",
         (relid,),
     )).fetchall()
     return relid, [(n, o, m) for n, o, m in cols]
@@ -214,3 +220,113 @@ class SchemaBuilder:
             cols.append(Column(name, self._formatted[(oid, typmod)], lake_type, name not in pk))
             converters.append(conv)
         return TableSchema(self.source, schema, table, tuple(cols), pk), converters
+
+
+@dataclasses.dataclass
+class TableShape:
+    """What a table looks like in the catalog, as far as the values of its existing rows go.
+
+    Recorded per relid in the source's state document when the table is snapshotted (at the
+    snapshot's LSN) and when a schema change needs no re-read; compared with the catalog when a
+    Relation message or the periodic check says the table changed (`reread_reason`)."""
+
+    table: str
+    """`schema.table`."""
+    columns: list[tuple[str, int, int]]
+    """(name, type oid, typmod) in attnum order, as Relation messages describe them."""
+    pk: list[str]
+    storage: list[tuple[int, int]]
+    """(oid, relfilenode) of the table, or of each of its partitions holding rows: a rewrite changes a
+    relfilenode, an attached or detached partition the set of oids."""
+    defaulted: list[str] = dataclasses.field(default_factory=list)
+    """Columns whose value in existing rows comes from the catalog: a default (constant, kept in
+    attmissingval, or volatile, written by a rewrite), an identity or a generated column."""
+    lsn: int = 0
+    """The shape holds for transactions committed at or after this LSN."""
+
+    def to_json(self) -> dict:
+        return {"table": self.table, "columns": [list(c) for c in self.columns], "pk": self.pk,
+                "storage": [list(s) for s in self.storage], "defaulted": self.defaulted, "lsn": self.lsn}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TableShape:
+        return cls(d["table"], [tuple(c) for c in d["columns"]], list(d["pk"]), [tuple(s) for s in d["storage"]],  # type: ignore[misc]
+                   list(d.get("defaulted", [])), int(d["lsn"]))
+
+
+_SHAPES = """
+SELECT c.oid, n.nspname || '.' || c.relname,
+  (SELECT coalesce(json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod,
+                                             a.atthasdef OR a.atthasmissing OR a.attidentity <> '')
+                            ORDER BY a.attnum), '[]')
+   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+  (SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}')
+   FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+   WHERE i.indrelid = c.oid AND i.indisprimary),
+  (WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+   SELECT coalesce(json_agg(json_build_array(p.oid, p.relfilenode) ORDER BY p.oid), '[]')
+   FROM tree JOIN pg_class p ON p.oid = tree.oid WHERE p.relkind IN ('r', 'm'))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY(%s)
+"""
+
+
+async def table_shapes(conn: psycopg.AsyncConnection, relids: list[int]) -> dict[int, TableShape]:
+    """The current shape of each table (as of the connection's snapshot, inside a snapshot
+    transaction); tables that no longer exist are missing from the result."""
+    if not relids:
+        return {}
+    rows = await (await conn.execute(_SHAPES, (list(relids),))).fetchall()
+    out = {}
+    for oid, name, cols, pk, storage in rows:
+        out[oid] = TableShape(name, [(c[0], c[1], c[2]) for c in cols], list(pk), [(s[0], s[1]) for s in storage],
+                              [c[0] for c in cols if c[3]])
+    return out
+
+
+async def relids(conn: psycopg.AsyncConnection, tables: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The oid of each existing table."""
+    if not tables:
+        return {}
+    rows = await (await conn.execute(
+        "SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN unnest(%s::text[], %s::text[]) AS x(s, t) ON x.s = n.nspname AND x.t = c.relname",
+        ([s for s, _ in tables], [t for _, t in tables]),
+    )).fetchall()
+    return {(s, t): oid for s, t, oid in rows}
+
+
+def reread_reason(old: TableShape, new: TableShape) -> str | None:
+    """Why the values of the rows a table had before a schema change may have changed without
+    row events (logical decoding sends none for a table rewrite, nor for a default that PostgreSQL
+    11+ keeps in attmissingval), or None when the change needs no re-read of the table.
+
+    Re-read: a column whose type (oid or typmod) changed, a column renamed (a name gone and a name
+    added: old rows would have NULL under the new name), a column added with a default or as an
+    identity or generated column, a changed primary key (the mirror's rows are keyed by it), a table
+    renamed under the same relid, a partition attached or detached (its rows joined or left the
+    table), a rewrite together with added or dropped columns (e.g. a volatile default dropped since).
+    No re-read: added nullable columns without default, dropped columns, defaults and NOT NULL set
+    or dropped on existing columns, replica identity, TRUNCATE, VACUUM FULL."""
+    if old.table != new.table:
+        return f"renamed to {new.table}"
+    before = {n: (o, m) for n, o, m in old.columns}
+    after = {n: (o, m) for n, o, m in new.columns}
+    for name, typ in after.items():
+        if name in before and before[name] != typ:
+            return f"column {name} changed type"
+    gone = [n for n in before if n not in after]
+    added = [n for n in after if n not in before]
+    if gone and added:
+        return f"column {', '.join(gone)} renamed or replaced (now {', '.join(added)})"
+    for name in added:
+        if name in new.defaulted:
+            return f"column {name} added with a default"
+    if old.pk != new.pk:
+        return f"primary key changed from ({', '.join(old.pk)}) to ({', '.join(new.pk)})"
+    if {o for o, _ in old.storage} != {o for o, _ in new.storage}:
+        return "partitions attached or detached"
+    if (gone or added) and old.storage != new.storage:
+        return f"rewritten while column {', '.join(gone + added)} changed"
+    return None

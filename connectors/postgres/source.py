@@ -12,6 +12,7 @@ another machine knows whether the slot's snapshot finished and which tables were
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import struct
 import time
@@ -31,6 +32,7 @@ from lakeward.connectors.postgres.types import Converter
 from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
+from lakeward.core.errors import SchemaChangeError
 from lakeward.core.events import (
     NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
@@ -104,13 +106,30 @@ class _SnapshotState:
     consistent_lsn: int
     done: bool
     tables: list[str] = field(default_factory=list)
+    shapes: dict[int, catalog.TableShape] = field(default_factory=dict)
+    """Per relid, the table's shape when it was last snapshotted or changed without needing a re-read."""
+    reread: list[str] = field(default_factory=list)
+    """Tables (`schema.table`) a schema change requires to be read again: recorded before any LSN
+    past the change is confirmed, cleared once the re-read is published."""
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"slot": self.slot, "consistent_lsn": lsn_to_str(self.consistent_lsn), "done": self.done, "tables": self.tables})
+        return orjson.dumps({"slot": self.slot, "consistent_lsn": lsn_to_str(self.consistent_lsn), "done": self.done, "tables": self.tables,
+                             "shapes": {str(relid): s.to_json() for relid, s in self.shapes.items()}, "reread": self.reread})
+
+    @classmethod
+    def from_json(cls, value: bytes) -> _SnapshotState:
+        d = orjson.loads(value)
+        shapes = {int(relid): catalog.TableShape.from_json(s) for relid, s in d.get("shapes", {}).items()}
+        return cls(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []), shapes, d.get("reread", []))
 
 
 class _NewTables(Exception):
     """Raised inside the stream loop when tables matching the globs appeared."""
+
+
+class _Reread(Exception):
+    """Raised inside the stream loop, at a transaction boundary whose LSN is confirmed, when a schema
+    change requires tables to be read again (`_SnapshotState.reread`)."""
 
 
 class PostgresSource(Source):
@@ -131,6 +150,11 @@ class PostgresSource(Source):
         self._counts: dict[str, dict[bytes, int]] = {}
         """Per table (`schema.table`): events per op not yet added to the Prometheus counters."""
         self._lag_conn: psycopg.AsyncConnection | None = None
+        self._state = _SnapshotState("", 0, False)
+        self._shapes: dict[int, catalog.TableShape] = {}
+        """Per relid, the shape recorded in the state document (see _SnapshotState.shapes)."""
+        self._reread: set[str] = set()
+        """Tables to read again (see _SnapshotState.reread)."""
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -223,7 +247,7 @@ class PostgresSource(Source):
         else:
             start_lsn, state = await self._initial(slot is not None, tables)
         while not stop.is_set():
-            pending = [t for t in tables if f"{t[0]}.{t[1]}" not in state.tables]
+            pending = await self._tables_to_read(tables, state)
             if pending:
                 await self._snapshot_new_tables(pending, state)
             try:
@@ -234,6 +258,26 @@ class PostgresSource(Source):
                 added = await catalog.sync_publication(self._meta, cfg.publication_name, tables)
                 log.info("source %s: new tables %s", cfg.name, ", ".join(f"{s}.{t}" for s, t in added))
                 start_lsn = self._confirmed
+            except _Reread:
+                tables = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
+                start_lsn = self._confirmed
+
+    async def _tables_to_read(self, tables: list[tuple[str, str]], state: _SnapshotState) -> list[tuple[str, str]]:
+        """Tables to snapshot before streaming: new to the source, to be read again after a schema
+        change (`_reread`, pending in the state document), or dropped and created again under the
+        same name (a relid other than the one recorded)."""
+        relids = await catalog.relids(self._meta, tables)
+        recorded: dict[str, set[int]] = {}
+        for relid, shape in self._shapes.items():
+            recorded.setdefault(shape.table, set()).add(relid)
+        # A pending re-read of a table that no longer matches `tables:` (dropped since) has nothing to read.
+        self._reread &= {f"{s}.{t}" for s, t in tables}
+        out = []
+        for s, t in tables:
+            name = f"{s}.{t}"
+            if name not in state.tables or name in self._reread or (name in recorded and relids.get((s, t)) not in recorded[name]):
+                out.append((s, t))
+        return out
 
     async def _initial(self, slot_exists: bool, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
         """Create the slot (again, if a previous snapshot didn't finish) and snapshot the tables."""
@@ -264,7 +308,8 @@ class PostgresSource(Source):
         so streaming resumes from the confirmed LSN without losing or doubling rows.
         """
         cfg = self.config
-        if cfg.snapshot == "initial":
+        names = {f"{s}.{t}" for s, t in tables}
+        if cfg.snapshot == "initial" and tables:
             repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
             try:
                 temp = await repl.create_slot(f"{cfg.slot_name}_new_{int(time.time())}", temporary=True)
@@ -273,20 +318,31 @@ class PostgresSource(Source):
             finally:
                 await repl.close()
             await self._publisher.flush()
-        state.tables = sorted(set(state.tables) | {f"{s}.{t}" for s, t in tables})
+        elif cfg.snapshot != "initial":
+            for name in sorted(self._reread & names):
+                log.error("source %s: table %s needs to be read again after a schema change, but the source has snapshot: never; "
+                          "the lake keeps the values its existing rows had before the change", cfg.name, name)
+        self._reread -= names
+        state.tables = sorted(set(state.tables) | names)
         await self._write_state(state)
 
     # --- state topic -------------------------------------------------------------------------
 
-    async def _write_state(self, state: _SnapshotState) -> None:
+    async def _write_state(self, state: _SnapshotState | None = None) -> None:
+        """Write the state document (with the table shapes and pending re-reads kept on the source)."""
+        if state is not None:
+            self._state = state
+        state = self._state
+        state.shapes, state.reread = self._shapes, sorted(self._reread)
         await self.state.write(self._producer, state.to_json())
 
     async def _read_state(self) -> _SnapshotState | None:
         value = await self.state.read()
         if value is None:
             return None
-        d = orjson.loads(value)
-        return _SnapshotState(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []))
+        state = _SnapshotState.from_json(value)
+        self._shapes, self._reread = dict(state.shapes), set(state.reread)
+        return state
 
     # --- tables and events -------------------------------------------------------------------
 
@@ -330,6 +386,7 @@ class PostgresSource(Source):
     async def _snapshot_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> None:
         relid, columns = await catalog.table_columns(conn, schema, table)
         t = await self._table(conn, relid, schema, table, columns)
+        await self._record_shape(conn, relid, lsn)
         ts_ms = self._now_ms = int(time.time() * 1000)
         head = t.source_head(ts_ms, "true", None)
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
@@ -406,8 +463,14 @@ class PostgresSource(Source):
                             txn.begin(m.final_lsn, m.xid, (m.commit_ts_us + PG_EPOCH_US) // 1000)
                         elif isinstance(m, pgoutput.Commit):
                             in_txn, safe_lsn = False, m.end_lsn
+                            if self._reread:
+                                # Leave at this transaction boundary: the re-read is in the state document, so
+                                # confirming past the schema change loses nothing, even if the worker dies now.
+                                await self._confirm(repl, safe_lsn)
+                                raise _Reread()
                         elif isinstance(m, pgoutput.Relation):
                             cols = [(c.name, c.type_oid, c.typmod) for c in m.columns]
+                            await self._relation(m.relid, f"{m.namespace}.{m.name}", cols, txn.lsn)
                             self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
                             txn.heads.pop(m.relid, None)
                         elif isinstance(m, pgoutput.Truncate):
@@ -443,6 +506,11 @@ class PostgresSource(Source):
                     last_data = now
                 if now - last_refresh >= cfg.table_refresh_interval_s and not in_txn:
                     last_refresh = now
+                    # Schema changes whose Relation message has not come (no write to the table since).
+                    await self._check_shapes(list(self._shapes), None)
+                    if self._reread:
+                        await self._confirm(repl, safe_lsn)
+                        raise _Reread()
                     current = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
                     known = await catalog.published_tables(self._meta, cfg.publication_name) or set()
                     if any(t not in known for t in current):
@@ -452,6 +520,65 @@ class PostgresSource(Source):
             await self._confirm(repl, safe_lsn)
         finally:
             await repl.close()
+
+    # --- schema changes ------------------------------------------------------------------------
+
+    async def _record_shape(self, conn: psycopg.AsyncConnection, relid: int, lsn: int) -> None:
+        """Record a table's shape as the snapshot `conn` is in sees it (written with the next state document)."""
+        shape = (await catalog.table_shapes(conn, [relid]))[relid]
+        shape.lsn = lsn
+        old = self._shapes.get(relid)
+        if old is not None and old.table != shape.table and old.table in self._state.tables:
+            self._state.tables.remove(old.table)  # renamed: a new table under the old name is a new table
+        for other in [r for r, s in self._shapes.items() if s.table == shape.table and r != relid]:
+            del self._shapes[other]  # dropped and created again under the same name
+        self._shapes[relid] = shape
+
+    async def _relation(self, relid: int, name: str, columns: list[tuple[str, int, int]], lsn: int) -> None:
+        """A Relation message in the transaction committed at `lsn`: check the table's shape when it
+        differs from the recorded one. Transactions before the recorded shape's LSN (re-sent after a
+        re-read, which covers them) are not compared; neither is an unchanged Relation (the first after
+        every (re)connect)."""
+        old = self._shapes.get(relid)
+        if old is not None and (lsn < old.lsn or (old.table == name and old.columns == columns)):
+            return
+        await self._check_shapes([relid], lsn)
+
+    async def _check_shapes(self, relids: list[int], lsn: int | None) -> None:
+        """Compare the recorded shapes of `relids` with the catalog; tables whose existing rows may have
+        changed values are added to `_reread` and the state document is written before this returns.
+        `lsn`: the commit LSN of the transaction whose Relation message asked (None for the periodic
+        check), at which a change that needs no re-read is recorded."""
+        if not relids:
+            return
+        current = await catalog.table_shapes(self._meta, relids)
+        changed = False
+        matching: set[str] | None = None
+        for relid in relids:
+            old, new = self._shapes.get(relid), current.get(relid)
+            if new is None:
+                continue  # dropped: its last changes are in the stream before the DROP
+            if old is None or (reason := catalog.reread_reason(old, new)) is None:
+                if lsn is not None and (old is None or dataclasses.replace(new, lsn=old.lsn) != old):
+                    new.lsn = lsn
+                    self._shapes[relid] = new
+                    changed = True
+                continue
+            if new.table != old.table:
+                if matching is None:
+                    matching = {f"{s}.{t}" for s, t in await catalog.resolve_tables(self._meta, self.config.tables, self.config.dsn)}
+                if new.table not in matching:
+                    raise SchemaChangeError(
+                        f"table {old.table} was renamed to {new.table}, which does not match `tables:` of source {self.config.name}; "
+                        f"the lake table {old.table} stops at the rename. Add {new.table} to `tables:` to capture it under its new name, "
+                        f"or stop capturing it: ALTER PUBLICATION {self.config.publication_name} DROP TABLE {new.table}")
+            if new.table not in self._reread:
+                log.warning("source %s: table %s: %s; its existing rows may have new values without row events: reading the table again",
+                            self.config.name, new.table, reason)
+                self._reread.add(new.table)
+                changed = True
+        if changed:
+            await self._write_state()
 
     async def _confirm(self, repl: ReplicationConnection, safe_lsn: int) -> None:
         """Wait for the broker to acknowledge everything read so far, then confirm it to PostgreSQL."""
