@@ -233,7 +233,7 @@ def test_log_options_after_the_subcommand_take_effect(tmp_path, where):
     """`lakeward run ... --log-format json` logs JSON lines; `--log-level warning` silences INFO."""
     cfg = tmp_path / "lakeward.yaml"
     cfg.write_text(f"broker:\n  bootstrap_servers: {BROKER}\n  topic_prefix: t{os.getpid()}{where[0]}\nlake:\n  uri: {tmp_path / 'lake'}\n"
-                   "sources:\n  - name: shop\n    type: postgres\n    dsn: postgresql://postgres@127.0.0.1:5432/postgres\n"
+                   "sources:\n  - name: shop\n    type: postgres\n    dsn: postgresql://postgres@127.0.0.1:5432/postgres\n    tables: [public.nothing]\n"
                    "sinks:\n  - name: lake\n    type: delta\n    sources: [shop]\n")
     for level, expect_lines in (("info", True), ("warning", False)):
         opts = ["-c", str(cfg), "--log-format", "json", "--log-level", level]
