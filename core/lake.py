@@ -203,6 +203,19 @@ def _with_file_types(delta: pa.Schema, physical: pa.Schema) -> pa.Schema:
     return pa.schema([physical.field(f.name).with_nullable(f.nullable) if f.name in physical.names else f for f in delta])
 
 
+def _dataset(dt: DeltaTable, schema: pa.Schema | None = None) -> Any:
+    """delta-rs' pyarrow dataset of the table, without the per-file guarantees it derives from the
+    file statistics. For a file written before a column was added, delta-rs states `x >= null AND
+    x <= null` as a guarantee, and pyarrow then simplifies `x IS NOT NULL` to true for that file (its
+    rows come back) and `x IS NULL` to false (they are lost). Row-group statistics in the Parquet
+    footers still prune; only the file-level shortcut goes."""
+    import pyarrow.dataset as pds
+
+    ds = dt.to_pyarrow_dataset(schema=schema)
+    fragments = [ds.format.make_fragment(fr.path, filesystem=ds.filesystem) for fr in ds.get_fragments()]
+    return pds.FileSystemDataset(fragments, ds.schema, ds.format, ds.filesystem)
+
+
 def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
     """The table as pyarrow datasets, one per physical schema of its files.
 
@@ -214,7 +227,7 @@ def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
     types, and the view is their UNION ALL (DuckDB reads every variant as VARCHAR / BLOB)."""
     import pyarrow.dataset as pds
 
-    base = dt.to_pyarrow_dataset()
+    base = _dataset(dt)
     fragments = list(base.get_fragments())
     if not fragments:
         return [base]
@@ -229,7 +242,7 @@ def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
             return [base]
     out = []
     for schema, paths in groups.items():
-        typed = dt.to_pyarrow_dataset(schema=schema)
+        typed = _dataset(dt, schema)
         out.append(pds.FileSystemDataset([fr for fr in typed.get_fragments() if fr.path in paths], schema, typed.format, typed.filesystem))
     return out
 
@@ -253,7 +266,7 @@ def open_lake(config: LakewardConfig, *, as_of: int | None = None, prepare: set[
                 if as_of is not None:
                     dt.load_as_version(as_of)
                 # delta-rs' own filesystem reads the Parquet files, also on S3: DuckDB needs no httpfs
-                datasets = _table_datasets(dt) if prepare is None or name in prepare else [dt.to_pyarrow_dataset()]
+                datasets = _table_datasets(dt) if prepare is None or name in prepare else [_dataset(dt)]
         except Exception as e:  # noqa: BLE001 - one unreadable table must not hide the others
             at = f" at version {as_of}" if as_of is not None else ""
             lake.unreadable[name] = f"{_one_line(e)} (table {uri}{at})"
