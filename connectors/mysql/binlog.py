@@ -550,7 +550,8 @@ class Reader(threading.Thread):
                     if ddl is None:
                         continue  # SAVEPOINT, ROLLBACK TO, XA ...: inside a transaction
                     pos = Position.mysql(fi, txn_pos, Position.STREAM, ev_start, 0)
-                    snap = self._ddl(ddl, q, pos, ev.packet.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start)
+                    snap = self._ddl(ddl, q, pos, ev.packet.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start,
+                                     (file, ev.packet.log_pos))
                     if ddl.kind == "dml":
                         continue  # a statement-based change inside a transaction, on a table we don't capture
                     if standalone is False or standalone is None and clean(q).upper().endswith("START TRANSACTION"):
@@ -642,17 +643,20 @@ class Reader(threading.Thread):
                             [(POSITION_HEADER, pos), (SCHEMA_HEADER, info.schema_id)]))
         self._count(info, "t", 1)
 
-    def _read_entry(self, db: str, table: str, pos: bytes, ddl: str) -> None:
-        """Record the table's definition (information_schema now) at the DDL's position, once."""
+    def _read_entry(self, db: str, table: str, pos: bytes, ddl: str, end: tuple[str, int] | None) -> None:
+        """Record the table's definition (information_schema now) at the DDL's position, once. `end`:
+        the binlog position right after the DDL; the entry is exact when the binlog still ends there
+        after the read (no later statement can have changed the table)."""
         if self.history.has(db, table, pos):
             return
         assert self._meta is not None
         self._meta.ping(reconnect=True)
         found = catalog.table_defs(self._meta, db, table)
+        exact = end is not None and catalog.binlog_end(self._meta) == end
         if found is None:
-            self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl))
+            self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl, exact=exact))
         else:
-            self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1]), ddl=ddl))
+            self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1]), ddl=ddl, exact=exact))
 
     def _drop(self, db: str, table: str, pos: bytes, ddl: str, *args: Any) -> None:
         name = f"{db}.{table}"
@@ -664,7 +668,7 @@ class Reader(threading.Thread):
             self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl))
 
     def _ddl(self, ddl: Any, sql: str, pos: bytes, server_id: int, ts_ms: int, gtid_json: bytes, file_json: bytes,
-             ev_start: int) -> list[tuple[str, str]]:
+             ev_start: int, end: tuple[str, int] | None = None) -> list[tuple[str, str]]:
         """Apply a statement to the history and the lake; returns tables that need a snapshot."""
         patterns = self.cfg.tables
         args = (server_id, ts_ms, gtid_json, file_json, ev_start)
@@ -678,7 +682,7 @@ class Reader(threading.Thread):
             return need
         if ddl.kind in ("alter", "create"):
             for db, table in captured:
-                self._read_entry(db, table, pos, sql)
+                self._read_entry(db, table, pos, sql, end)
                 name = f"{db}.{table}"
                 if ddl.kind == "create":
                     if name not in self._tables:
@@ -708,7 +712,7 @@ class Reader(threading.Thread):
             for old, new in pairs:
                 self._drop(*old, pos, sql, *args)
                 if catalog.matches(patterns, *new):
-                    self._read_entry(*new, pos, sql)
+                    self._read_entry(*new, pos, sql, end)
                     # The renamed table brings rows the binlog never showed under this name: snapshot it.
                     name = f"{new[0]}.{new[1]}"
                     if self.cfg.snapshot == "never":

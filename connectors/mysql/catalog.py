@@ -107,6 +107,17 @@ def binary_logs(conn: pymysql.Connection) -> list[str]:
     return [r[0] for r in query(conn, "SHOW BINARY LOGS")]
 
 
+def binlog_end(conn: pymysql.Connection) -> tuple[str, int]:
+    """(file, position) of the binlog's end now, without the GTID lookup of master_status."""
+    try:
+        rows = query_dicts(conn, "SHOW BINARY LOG STATUS")
+    except pymysql.err.ProgrammingError:
+        rows = query_dicts(conn, "SHOW MASTER STATUS")
+    if not rows:
+        raise SourceSetupError("the binary log is off (SHOW MASTER STATUS is empty)")
+    return rows[0]["File"], int(rows[0]["Position"])
+
+
 def master_status(conn: pymysql.Connection, server: Server) -> tuple[str, int, str]:
     """(file, position, gtid) of the binlog's end now. GTID: MariaDB's gtid_binlog_pos, MySQL's
     gtid_executed (empty without GTIDs)."""

@@ -38,6 +38,10 @@ class HistoryEntry:
     dropped: bool = False
     ddl: str = ""
     """The statement that led to this entry ("" for a snapshot)."""
+    exact: bool = True
+    """information_schema was read while the DDL was the binlog's last event, so the entry is the
+    table right after it. False: more had been written since, maybe another DDL of the table, so
+    the entry may describe a later state (see rewrites_rows)."""
 
     @property
     def key(self) -> bytes:
@@ -47,13 +51,14 @@ class HistoryEntry:
         return orjson.dumps({
             "db": self.db, "table": self.table, "pos": self.pos.hex(), "epoch": self.epoch,
             "columns": [c.to_list() for c in self.columns], "pk": list(self.pk), "dropped": self.dropped, "ddl": self.ddl,
+            "exact": self.exact,
         })
 
     @classmethod
     def from_json(cls, data: bytes) -> HistoryEntry:
         d = orjson.loads(data)
         return cls(d["db"], d["table"], bytes.fromhex(d["pos"]), d["epoch"], tuple(ColumnDef.from_list(c) for c in d["columns"]),
-                   tuple(d["pk"]), d["dropped"], d.get("ddl", ""))
+                   tuple(d["pk"]), d["dropped"], d.get("ddl", ""), bool(d.get("exact", True)))
 
 
 @dataclass
@@ -220,6 +225,10 @@ def _widens(old: str, new: str) -> bool:
 
 
 _PARTITION_DATA = re.compile(r"\b(?:TRUNCATE|DROP|EXCHANGE)\s+PARTITION\b", re.I)
+# Clauses that may fill in or convert stored values: MODIFY/CHANGE (type, NOT NULL, rename),
+# RENAME COLUMN, CONVERT TO CHARACTER SET, and an added column with a default, NOT NULL or an expression.
+_MAY_REWRITE = re.compile(r"\b(?:MODIFY|CHANGE|CONVERT\s+TO)\b|\bRENAME\s+COLUMN\b|"
+                          r"\bADD\b[^,]*?\b(?:DEFAULT|NOT\s+NULL|AS|GENERATED)\b", re.I)
 
 
 def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) -> str | None:
@@ -227,11 +236,17 @@ def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) 
     again), or None. The binlog has no row events for values an ALTER fills in or converts: a column
     added with a default, NOT NULL or as a generated column; a renamed column (RENAME COLUMN, CHANGE:
     a column appears while another disappears); a narrowed or re-typed column; a primary key change;
-    TRUNCATE/DROP/EXCHANGE PARTITION (both tables of an exchange)."""
-    if _PARTITION_DATA.search(clean(sql)):
+    TRUNCATE/DROP/EXCHANGE PARTITION (both tables of an exchange). When either definition is not
+    exact (read after later statements), a statement with a clause that may convert values counts."""
+    sql = clean(sql)
+    if _PARTITION_DATA.search(sql):
         return "a partition's rows were removed or exchanged"
     if old is None or new is None or old.dropped or new.dropped or not old.columns:
         return None
+    if not (old.exact and new.exact) and _MAY_REWRITE.search(sql):
+        # The definitions were read after later statements, which may have undone what this one did
+        # (MODIFY v NOT NULL, then MODIFY v NULL): judge by the statement.
+        return "the statement may have converted values (the table changed again before its definition was read)"
     before = {c.name: c for c in old.columns}
     if set(old.pk) != set(new.pk) and old.pk and new.pk:
         return "the primary key changed"

@@ -43,6 +43,9 @@ NTZ_ROW = ("INSERT INTO {t} (id, n, c_dt, c_ts, c_date, c_time) VALUES "
 ALL_TYPES_ROW = ("INSERT INTO {t} (id, n, c_big, c_dec, c_dbl, c_flt, c_txt, c_enum, c_set, c_json, c_blob, c_bin, c_bit, c_year, c_bool) "
                  "VALUES (2001, 1, 9007199254740993, 12.345, 0.1, 1.5, 'héllo', 'b', 'x,y', '{{\"a\": 1}}', x'00ff', x'01', b'1', 2024, 1)")
 
+FILLER = "CREATE TABLE {t}_fill (id int PRIMARY KEY, n int)"
+FILL = "INSERT INTO {t}_fill SELECT seq, seq FROM seq_1_to_100000"
+
 
 @dataclass(frozen=True)
 class Case:
@@ -113,6 +116,12 @@ CASES: list[Case] = [
          seed=("INSERT INTO {t} (id, n, s, v) SELECT seq, seq, 'x', IF(seq % 3 = 0, NULL, seq * 10) FROM seq_1_to_30",), error="column 'v'"),
     Case("convert_same_lake_type", (LENIENT, "ALTER TABLE {t} MODIFY s char(3) CHARACTER SET latin1",)),
     Case("convert_text_to_enum", (LENIENT, "ALTER TABLE {t} MODIFY s enum('s1','s2','s3')",)),  # other values become ''
+    # Two statements the source sees only after both ran (it is behind by a large transaction): the
+    # table's definition it reads is the same before and after, but the first one converted values.
+    Case("set_not_null_then_null", (FILL, LENIENT, "ALTER TABLE {t} MODIFY v varchar(20) NOT NULL", "ALTER TABLE {t} MODIFY v varchar(20) NULL"),
+         seed=(SEED, FILLER)),
+    Case("narrow_then_widen", (FILL, LENIENT, "ALTER TABLE {t} MODIFY s varchar(2)", "ALTER TABLE {t} MODIFY s varchar(20)"),
+         seed=(SEED, FILLER)),
     # --- NULL / DEFAULT -----------------------------------------------------------------------------------
     Case("set_not_null", (LENIENT, "ALTER TABLE {t} MODIFY v varchar(20) NOT NULL",)),  # NULL -> ''
     Case("drop_not_null", ("ALTER TABLE {t} MODIFY n int NOT NULL", "ALTER TABLE {t} MODIFY n int NULL"),

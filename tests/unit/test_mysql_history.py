@@ -112,3 +112,17 @@ def test_renamed_columns_carry_old_values():
     assert "rename" in rewrites_rows(_table(s), _table(ColumnDef("s2", "text", "text")), "ALTER TABLE t CHANGE s s2 text")
     assert rewrites_rows(_table(s), _table(), "ALTER TABLE t DROP COLUMN s") is None, "a drop alone changes no value"
     assert rewrites_rows(_table(s), _table(s, s2), "ALTER TABLE t ADD s2 varchar(10)") is None
+
+
+def test_definitions_read_late_judge_by_the_statement():
+    """MODIFY v NOT NULL then MODIFY v NULL, both before the source read information_schema: the two
+    definitions look alike, but the first statement turned NULLs into '' without row events."""
+    v = ColumnDef("v", "varchar", "varchar(10)", length=10)
+    late = HistoryEntry("db", "t", b"", "e", (ColumnDef("id", "int", "int(11)", False), v), ("id",), exact=False)
+    assert rewrites_rows(_table(v), _table(v), "ALTER TABLE t MODIFY v varchar(10) NOT NULL") is None, "exact: nothing changed"
+    assert "converted" in rewrites_rows(_table(v), late, "ALTER TABLE t MODIFY v varchar(10) NOT NULL")
+    assert "converted" in rewrites_rows(_table(v), late, "ALTER TABLE t CHANGE v v varchar(10)")
+    assert "converted" in rewrites_rows(_table(v), late, "ALTER TABLE t ADD COLUMN c int DEFAULT 1")
+    assert rewrites_rows(_table(v), late, "ALTER TABLE t ADD COLUMN c int, ADD INDEX (v)") is None
+    assert rewrites_rows(_table(v), late, "ALTER TABLE t DROP COLUMN c") is None
+    assert HistoryEntry.from_json(late.to_json()) == late
