@@ -27,12 +27,12 @@ from psycopg.types.string import TextLoader
 from lakeward.connectors.postgres import catalog, pgoutput
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
-from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, get_slot, keepalive, xlog_start
+from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, SlotInfo, get_slot, keepalive, xlog_start
 from lakeward.connectors.postgres.types import Converter
 from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
-from lakeward.core.errors import SchemaChangeError
+from lakeward.core.errors import SchemaChangeError, SourceSetupError
 from lakeward.core.events import (
     NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
@@ -241,9 +241,14 @@ class PostgresSource(Source):
         await catalog.sync_publication(self._meta, cfg.publication_name, tables)
         state = await self._read_state()
         slot = await get_slot(self._meta, cfg.slot_name)
-        if slot is not None and state is not None and state.done and state.slot == cfg.slot_name:
+        ours = state is not None and state.slot == cfg.slot_name
+        if slot is not None and ours and state.done:  # type: ignore[union-attr]
             start_lsn = slot.confirmed_flush_lsn
             log.info("source %s: resuming slot %s at %s", cfg.name, cfg.slot_name, lsn_to_str(start_lsn))
+        elif slot is not None and not (ours and slot.confirmed_flush_lsn == state.consistent_lsn):  # type: ignore[union-attr]
+            # Not the slot this source created for a snapshot that did not finish (that one is still at
+            # its consistent point): someone else's, with WAL it retained. Never drop it.
+            start_lsn, state = await self._existing_slot(slot, tables)
         else:
             start_lsn, state = await self._initial(slot is not None, tables)
         while not stop.is_set():
@@ -279,8 +284,27 @@ class PostgresSource(Source):
                 out.append((s, t))
         return out
 
+    async def _existing_slot(self, slot: SlotInfo, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
+        """A slot created before this source first ran (ahead of the first deploy, or by another CDC tool):
+        stream from its confirmed position, so every change it retained reaches the lake."""
+        cfg = self.config
+        lsn = lsn_to_str(slot.confirmed_flush_lsn)
+        if cfg.snapshot == "initial":
+            raise SourceSetupError(
+                f"source {cfg.name}: replication slot {slot.name} already exists and this source did not create it (its state "
+                f"topic {self.state.name} does not name it), so it cannot be snapshotted: `snapshot: initial` copies the tables "
+                f"at the exact point a slot starts, which only a slot created with the snapshot has. Either set `snapshot: never` "
+                f"to stream every change the slot retained from its confirmed position {lsn} (without copying the rows that were "
+                f"there before), or drop the slot (SELECT pg_drop_replication_slot('{slot.name}')) or set `slot:` to a new "
+                f"name to have Lakeward create a slot together with a snapshot")
+        log.info("source %s: using the existing slot %s from its confirmed position %s (snapshot: never)", cfg.name, slot.name, lsn)
+        state = _SnapshotState(slot.name, slot.confirmed_flush_lsn, done=True, tables=[f"{s}.{t}" for s, t in tables])
+        await self._write_state(state)
+        self._confirmed = slot.confirmed_flush_lsn
+        return slot.confirmed_flush_lsn, state
+
     async def _initial(self, slot_exists: bool, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
-        """Create the slot (again, if a previous snapshot didn't finish) and snapshot the tables."""
+        """Create the slot (again, if this source created it for a snapshot that didn't finish) and snapshot the tables."""
         cfg = self.config
         repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
         try:
@@ -349,8 +373,12 @@ class PostgresSource(Source):
     async def _table(self, conn: psycopg.AsyncConnection, relid: int, schema: str, table: str, columns: list[tuple[str, int, int]]) -> _Table:
         pk = await catalog.primary_key(conn, relid)
         ts, converters = await self._builder.build(conn, schema, table, columns, pk)
-        sid = await self._schemas.publish(ts)
         topic = table_topic(self.prefix, self.config.name, schema, table)
+        if await catalog.is_partition(conn, relid):
+            # pgoutput announces a partition next to its root, but its changes come as the root's: no
+            # schema, topic or lake table for it (it would only ever be empty).
+            return _Table(ts, topic, ts.id.encode(), [c[0] for c in columns], converters, list(pk), {}, counts=dict.fromkeys((_C, _U, _D, _R, _T), 0))
+        sid = await self._schemas.publish(ts)
         await self._admin.ensure_topic(topic)
         self._metrics.schema(f"{schema}.{table}", sid)
         counts = self._counts.setdefault(f"{schema}.{table}", dict.fromkeys((_C, _U, _D, _R, _T), 0))
@@ -386,8 +414,13 @@ class PostgresSource(Source):
     async def _snapshot_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> None:
         relid, columns = await catalog.table_columns(conn, schema, table)
         t = await self._table(conn, relid, schema, table, columns)
-        await self._record_shape(conn, relid, lsn)
+        renamed_from = await self._record_shape(conn, relid, lsn)
         ts_ms = self._now_ms = int(time.time() * 1000)
+        if renamed_from is not None:
+            # The table was renamed: the lake table under the old name has no source table any more.
+            old_schema, old_table = renamed_from.split(".", 1)
+            old = await self._table(conn, relid, old_schema, old_table, columns)
+            self._emit(old, _T, TRUNCATE_KEY, None, None, old.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, 0))
         head = t.source_head(ts_ms, "true", None)
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
         seq = 0
@@ -523,16 +556,19 @@ class PostgresSource(Source):
 
     # --- schema changes ------------------------------------------------------------------------
 
-    async def _record_shape(self, conn: psycopg.AsyncConnection, relid: int, lsn: int) -> None:
-        """Record a table's shape as the snapshot `conn` is in sees it (written with the next state document)."""
+    async def _record_shape(self, conn: psycopg.AsyncConnection, relid: int, lsn: int) -> str | None:
+        """Record a table's shape as the snapshot `conn` is in sees it (written with the next state
+        document); returns the table's previous name when it was renamed."""
         shape = (await catalog.table_shapes(conn, [relid]))[relid]
         shape.lsn = lsn
         old = self._shapes.get(relid)
-        if old is not None and old.table != shape.table and old.table in self._state.tables:
-            self._state.tables.remove(old.table)  # renamed: a new table under the old name is a new table
+        renamed_from = old.table if old is not None and old.table != shape.table else None
+        if renamed_from in self._state.tables:
+            self._state.tables.remove(renamed_from)  # a new table under the old name is a new table
         for other in [r for r, s in self._shapes.items() if s.table == shape.table and r != relid]:
             del self._shapes[other]  # dropped and created again under the same name
         self._shapes[relid] = shape
+        return renamed_from
 
     async def _relation(self, relid: int, name: str, columns: list[tuple[str, int, int]], lsn: int) -> None:
         """A Relation message in the transaction committed at `lsn`: check the table's shape when it

@@ -282,6 +282,12 @@ def test_pg_ddl_matrix(matrix):
                 result = True if any(expected in e for e in errs) else f"{case.final}: no error {expected!r} yet ({errs[-1:]})"
             else:
                 result = compare(case.final, got, want, dropped=case.dropped)
+            if result is True and case.table and mode == "changelog":
+                old = replay_changelog(lake, case.t)
+                result = True if old == [] else f"{case.t} (renamed): its changelog replays to {len(old or [])} rows"
+            if result is True and case.table and mode == "mirror":
+                old = lake_rows(lake, case.t)  # renamed: the lake table under the old name is emptied
+                result = True if old == [] else f"{case.t} (renamed) still has {len(old or [])} rows"
             if result is True and not (case.error and mode in case.error):
                 why = readable(lake, case.final)
             else:
