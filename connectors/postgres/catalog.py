@@ -124,10 +124,22 @@ async def sync_publication(conn: psycopg.AsyncConnection, publication: str, tabl
         target = f"FOR TABLE {listed}" if tables else ""
         await conn.execute(f"CREATE PUBLICATION {pub} {target} WITH (publish_via_partition_root = true)")
         return list(tables)
+    via_root = (await (await conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (publication,))).fetchone())[0]  # type: ignore[index]
+    if not via_root:
+        # A publication created beforehand (e.g. with its slot): changes of partitions must arrive as
+        # changes of their partitioned table, the one Lakeward captures.
+        await conn.execute(f"ALTER PUBLICATION {pub} SET (publish_via_partition_root = true)")
     added = [t for t in tables if t not in current]
     for s, t in added:
         await conn.execute(f"ALTER PUBLICATION {pub} ADD TABLE {_ident(s, t)}")
     return added
+
+
+async def is_partition(conn: psycopg.AsyncConnection, relid: int) -> bool:
+    """Whether the relation is a partition (at any level) of a partitioned table. Its rows are captured
+    through the root (publish_via_partition_root), but pgoutput still sends a Relation message for it."""
+    row = await (await conn.execute("SELECT relispartition FROM pg_class WHERE oid = %s", (relid,))).fetchone()
+    return bool(row and row[0])
 
 
 async def type_infos(conn: psycopg.AsyncConnection, oids: set[int], cache: dict[int, PgType]) -> None:
@@ -240,7 +252,7 @@ class TableShape:
     relfilenode, an attached or detached partition the set of oids."""
     defaulted: list[str] = dataclasses.field(default_factory=list)
     """Columns whose value in existing rows comes from the catalog: a default (constant, kept in
-    attmissingval, or volatile, written by a rewrite), an identity or a generated column."""
+    attmissingval, or volatile, written by a rewrite) or an identity column."""
     lsn: int = 0
     """The shape holds for transactions committed at or after this LSN."""
 
@@ -304,7 +316,7 @@ def reread_reason(old: TableShape, new: TableShape) -> str | None:
 
     Re-read: a column whose type (oid or typmod) changed, a column renamed (a name gone and a name
     added: old rows would have NULL under the new name), a column added with a default or as an
-    identity or generated column, a changed primary key (the mirror's rows are keyed by it), a table
+    identity column, a changed primary key (the mirror's rows are keyed by it), a table
     renamed under the same relid, a partition attached or detached (its rows joined or left the
     table), a rewrite together with added or dropped columns (e.g. a volatile default dropped since).
     No re-read: added nullable columns without default, dropped columns, defaults and NOT NULL set

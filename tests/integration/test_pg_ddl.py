@@ -333,3 +333,19 @@ def test_reread_survives_sigkill_after_the_ddl_is_confirmed(database, prefix, tm
     w = workers(cfg).start()
     wait_until(lambda: compare("big", lake_rows(mirror_lake, "big"), source_rows(database, "big")), timeout=180, what="mirror == source after restart")
     assert w.terminate() == 0, w.output()[-3000:]
+
+
+def test_table_renamed_out_of_tables_stops_the_source_naming_both_names(database, prefix, tmp_path, workers):
+    sql(database, "CREATE TABLE keep_a (id int PRIMARY KEY, v int)", "INSERT INTO keep_a SELECT g, g FROM generate_series(1, 10) g")
+    lake = tmp_path / "mirror"
+    cfg = write_config(tmp_path / "mirror.yaml", dsn=database, prefix=prefix, lake=lake, tables="public.keep_*")
+    w = workers(cfg).start()
+    wait_until(lambda: compare("keep_a", lake_rows(lake, "keep_a"), source_rows(database, "keep_a")), timeout=120, what="snapshot")
+    sql(database, "ALTER TABLE keep_a RENAME TO other_a", "UPDATE other_a SET v = -1 WHERE id = 1")
+    wait_until(lambda: not w.alive(), timeout=60, what="the worker to stop")
+    assert w.proc.returncode == 1
+    out = w.output()
+    assert "table public.keep_a was renamed to public.other_a, which does not match `tables:`" in out, out[-3000:]
+    assert "ALTER PUBLICATION" in out and "DROP TABLE public.other_a" in out
+    assert lake_table(lake, "other_a") is None, "nothing of the renamed table reaches the lake"
+    assert [r["v"] for r in lake_rows(lake, "keep_a")] == list(range(1, 11))
