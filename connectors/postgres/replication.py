@@ -72,20 +72,37 @@ def quote_literal(text: str) -> str:
 
 
 async def get_slot(conn: psycopg.AsyncConnection, slot: str) -> SlotInfo | None:
+    """The slot named `slot`, or None; a slot Lakeward cannot stream from (physical, another plugin,
+    another database) is a SourceSetupError naming it and the fix. Never drops anything."""
     row = await (await conn.execute(
-        "SELECT slot_name, confirmed_flush_lsn::text, active, plugin, database, current_database() "
+        "SELECT slot_name, confirmed_flush_lsn::text, active, slot_type, plugin, database, current_database() "
         "FROM pg_replication_slots WHERE slot_name = %s", (slot,)
     )).fetchone()
     if row is None:
         return None
-    name, confirmed, active, plugin, database, current = row
-    if plugin != "pgoutput" or database != current:
-        raise SourceSetupError(
-            f"replication slot {slot} already exists for database {database} with plugin {plugin}, and slot "
-            f"names are cluster-wide: set `slot:` of this source to another name (or drop the old slot with "
-            f"SELECT pg_drop_replication_slot('{slot}'))"
-        )
+    name, confirmed, active, kind, plugin, database, current = row
+    fix = (f"set `slot:` of this source to another name, or drop that slot if nothing uses it "
+           f"(SELECT pg_drop_replication_slot('{slot}'))")
+    if kind != "logical":
+        raise SourceSetupError(f"replication slot {slot} is a {kind} slot; Lakeward needs a logical slot with plugin pgoutput: {fix}")
+    if database != current:
+        raise SourceSetupError(f"replication slot {slot} belongs to database {database}, not {current} (slot names are cluster-wide): {fix}")
+    if plugin != "pgoutput":
+        raise SourceSetupError(f"replication slot {slot} in database {database} uses the output plugin {plugin}; Lakeward reads pgoutput: "
+                               f"{fix}, or create it with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     return SlotInfo(name, str_to_lsn(confirmed) if confirmed else 0, active)
+
+
+def stream_ended(msg: str) -> ConnectionFailed | SourceSetupError:
+    """The error for a stream the server ended with `msg`: retried, unless retrying cannot help."""
+    if "publication" in msg and "does not exist" in msg:
+        # pgoutput reads the publication as of each change: a slot that retained changes from before
+        # the publication was created can never decode them through it.
+        return SourceSetupError(
+            f"the replication stream ended: {msg.splitlines()[0]}. The slot holds changes from before the publication was "
+            "created, which PostgreSQL cannot decode through it: create the publication (with the tables, "
+            "publish_via_partition_root = true) before the slot, or drop the slot and start again")
+    return ConnectionFailed(f"the replication stream ended: {msg or 'server closed the connection'}")
 
 
 class ReplicationConnection:
@@ -170,7 +187,7 @@ class ReplicationConnection:
             res = self.pg.get_result()
             msg = (res.error_message or b"").decode(errors="replace").strip() if res is not None else ""
             self.streaming = False
-            raise ConnectionFailed(f"the replication stream ended: {msg or 'server closed the connection'}")
+            raise stream_ended(msg)
 
     async def read_batch(self, timeout: float, max_messages: int = READ_BATCH_MAX) -> list[bytes]:
         """Every CopyData message libpq has or can read without blocking (at most `max_messages`),
@@ -207,7 +224,7 @@ class ReplicationConnection:
             res = pg.get_result()
             msg = (res.error_message or b"").decode(errors="replace").strip() if res is not None else ""
             self.streaming = False
-            raise ConnectionFailed(f"the replication stream ended: {msg or 'server closed the connection'}")
+            raise stream_ended(msg)
 
     async def send_status(self, flushed_lsn: int, *, reply: bool = False) -> None:
         """Standby status update: written/flushed/applied up to `flushed_lsn` (all the same for us)."""
