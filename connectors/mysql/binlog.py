@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import struct
 import threading
 import time
@@ -79,6 +80,7 @@ COMPRESSED_EVENTS = {
 }
 ANONYMOUS_GTID_EVENT = 0x22
 
+_USE = re.compile(r"^use `((?:[^`]|``)*)`;\s*", re.I)  # SHOW BINLOG EVENTS' Info of a Query event
 _POS_HEAD = struct.Struct(">IQBQ")
 _U32 = struct.Struct(">I")
 
@@ -652,11 +654,41 @@ class Reader(threading.Thread):
         assert self._meta is not None
         self._meta.ping(reconnect=True)
         found = catalog.table_defs(self._meta, db, table)
-        exact = end is not None and catalog.binlog_end(self._meta) == end
+        exact = end is not None and not self._later_ddl(db, table, end)
         if found is None:
             self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl, exact=exact))
         else:
             self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1]), ddl=ddl, exact=exact))
+
+    LOOKAHEAD_EVENTS = 5000
+
+    def _later_ddl(self, db: str, table: str, end: tuple[str, int]) -> bool:
+        """Whether the binlog after `end` (file, position) may hold another DDL of the table, which
+        information_schema (read just before) would already show. True when unsure: the binlog
+        rotated meanwhile, or more than LOOKAHEAD_EVENTS events followed."""
+        assert self._meta is not None
+        now = catalog.binlog_end(self._meta)
+        if now == end:
+            return False
+        if now[0] != end[0]:
+            return True
+        rows = catalog.query(self._meta, f"SHOW BINLOG EVENTS IN %s FROM %s LIMIT {self.LOOKAHEAD_EVENTS}", (end[0], end[1]))
+        last = end[1]
+        for _log, _pos, kind, _sid, end_pos, info in rows:
+            last = int(end_pos)
+            if int(_pos) >= now[1]:
+                return False
+            if kind != "Query" or not info:
+                continue
+            text, default_db = str(info), ""
+            if m := _USE.match(text):
+                default_db, text = m.group(1).replace("``", "`"), text[m.end():]
+            ddl = parse_ddl(text, default_db)
+            if ddl is None or ddl.kind in ("dml", "other"):
+                continue
+            if (db, table) in ddl.tables or ddl.kind == "drop_database" and ddl.database == db:
+                return True
+        return last < now[1] and len(rows) >= self.LOOKAHEAD_EVENTS
 
     def _drop(self, db: str, table: str, pos: bytes, ddl: str, *args: Any) -> None:
         name = f"{db}.{table}"

@@ -39,9 +39,8 @@ class HistoryEntry:
     ddl: str = ""
     """The statement that led to this entry ("" for a snapshot)."""
     exact: bool = True
-    """information_schema was read while the DDL was the binlog's last event, so the entry is the
-    table right after it. False: more had been written since, maybe another DDL of the table, so
-    the entry may describe a later state (see rewrites_rows)."""
+    """No later DDL of the table was in the binlog when information_schema was read, so the entry is
+    the table right after this DDL. False: the entry may describe a later state (see rewrites_rows)."""
 
     @property
     def key(self) -> bytes:
@@ -243,10 +242,6 @@ def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) 
         return "a partition's rows were removed or exchanged"
     if old is None or new is None or old.dropped or new.dropped or not old.columns:
         return None
-    if not (old.exact and new.exact) and _MAY_REWRITE.search(sql):
-        # The definitions were read after later statements, which may have undone what this one did
-        # (MODIFY v NOT NULL, then MODIFY v NULL): judge by the statement.
-        return "the statement may have converted values (the table changed again before its definition was read)"
     before = {c.name: c for c in old.columns}
     if set(old.pk) != set(new.pk) and old.pk and new.pk:
         return "the primary key changed"
@@ -274,4 +269,8 @@ def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) 
                 return f"column {c.name!r} changed its members"
         if c.generated and o.generated and o.column_type != c.column_type:
             return f"column {c.name!r} changed"
+    if not (old.exact and new.exact) and _MAY_REWRITE.search(sql):
+        # The definitions were read after later DDL of the table, which may have undone what this
+        # statement did (MODIFY v NOT NULL, then MODIFY v NULL): judge by the statement.
+        return "the statement may have converted values (the table changed again before its definition was read)"
     return None
