@@ -672,7 +672,12 @@ class Reader(threading.Thread):
             return False
         if now[0] != end[0]:
             return True
-        rows = catalog.query(self._meta, f"SHOW BINLOG EVENTS IN %s FROM %s LIMIT {self.LOOKAHEAD_EVENTS}", (end[0], end[1]))
+        try:
+            rows = catalog.query(self._meta, f"SHOW BINLOG EVENTS IN %s FROM %s LIMIT {self.LOOKAHEAD_EVENTS}", (end[0], end[1]))
+        except pymysql.err.MySQLError as e:
+            log.warning("source %s: cannot look at the binlog after a DDL of %s.%s (%s); judging the DDL by its statement",
+                        self.cfg.name, db, table, e)
+            return True
         last = end[1]
         for _log, _pos, kind, _sid, end_pos, info in rows:
             last = int(end_pos)
