@@ -172,14 +172,29 @@ async def type_infos(conn: psycopg.AsyncConnection, oids: set[int], cache: dict[
         resolve(oid)
 
 
-async def primary_key(conn: psycopg.AsyncConnection, relid: int) -> tuple[str, ...]:
+async def row_key(conn: psycopg.AsyncConnection, relid: int) -> tuple[str, ...]:
+    """The columns that identify a row in the change stream: the primary key, unless the table's
+    REPLICA IDENTITY is an index that does not hold every primary-key column.
+
+    PostgreSQL's old tuple of an UPDATE/DELETE carries the replica identity's columns only. With
+    `REPLICA IDENTITY USING INDEX` on another unique index, a delete names the row by that index's
+    columns (the primary key comes as NULL) and a primary-key change sends no old tuple at all, so
+    only the index can key the events and the mirror's MERGE. With DEFAULT, FULL, or an index that
+    contains the primary key, the primary key does.
+    """
     rows = await (await conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+        "SELECT a.attname, i.indisprimary, c.relreplident = 'i' AND i.indisreplident "
+        "FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
         "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+        "WHERE c.oid = %s AND (i.indisprimary OR i.indisreplident) ORDER BY k.ord",
         (relid,),
     )).fetchall()
-    return tuple(r[0] for r in rows)
+    pk = tuple(name for name, primary, _ in rows if primary)
+    identity = tuple(name for name, _, ident in rows if ident)
+    if identity and not set(pk) <= set(identity):
+        return identity
+    return pk
 
 
 async def format_types(conn: psycopg.AsyncConnection, pairs: list[tuple[int, int]], cache: dict[tuple[int, int], str]) -> None:

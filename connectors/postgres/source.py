@@ -364,14 +364,14 @@ class PostgresSource(Source):
         value = await self.state.read()
         if value is None:
             return None
-        state = _SnapshotState.from_json(value)
+        state = self._state = _SnapshotState.from_json(value)
         self._shapes, self._reread = dict(state.shapes), set(state.reread)
         return state
 
     # --- tables and events -------------------------------------------------------------------
 
     async def _table(self, conn: psycopg.AsyncConnection, relid: int, schema: str, table: str, columns: list[tuple[str, int, int]]) -> _Table:
-        pk = await catalog.primary_key(conn, relid)
+        pk = await catalog.row_key(conn, relid)
         ts, converters = await self._builder.build(conn, schema, table, columns, pk)
         topic = table_topic(self.prefix, self.config.name, schema, table)
         if await catalog.is_partition(conn, relid):

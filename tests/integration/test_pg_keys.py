@@ -142,3 +142,39 @@ def test_key_change_whose_value_is_nowhere_stops_the_table(database, prefix, tmp
     rows = lake_rows(lake, "docs")
     assert rows is None or all(r["big"] is not None for r in rows), rows
     worker.terminate()
+
+
+def test_replica_identity_using_index_keys_the_mirror(database, prefix, tmp_path, workers):
+    """REPLICA IDENTITY USING INDEX on a unique index without the primary key: deletes carry only the
+    index's columns, and a primary-key change sends no old tuple. The index keys the events and the
+    mirror, also when the identity is switched while the table is captured."""
+    sql(database,
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, note text)",
+        "CREATE UNIQUE INDEX accounts_email ON accounts (email)",
+        "INSERT INTO accounts SELECT g, 'a' || g || '@x', 'n' || g FROM generate_series(1, 6) g",
+        "CREATE TABLE handles (id int PRIMARY KEY, handle text NOT NULL, note text)",
+        "CREATE UNIQUE INDEX handles_handle ON handles (handle)",
+        "ALTER TABLE handles REPLICA IDENTITY USING INDEX handles_handle",
+        "INSERT INTO handles SELECT g, 'h' || g, 'n' || g FROM generate_series(1, 6) g")
+    lake = tmp_path / "lake"
+    cfg = write_config(tmp_path / "lakeward.yaml", dsn=database, prefix=prefix, lake=lake)
+    worker = workers(cfg).start()
+
+    def equal(table: str) -> bool:
+        return compare(table, lake_rows(lake, table, key="id"), source_rows(database, table, key="id")) is True
+
+    wait_until(lambda: equal("accounts") and equal("handles"), timeout=90, what="the snapshots")
+    changes = [
+        "UPDATE {t} SET note = 'changed' WHERE id = 1",          # no old tuple: the index did not change
+        "UPDATE {t} SET id = 100 WHERE id = 2",                  # primary-key change, index unchanged: no old tuple
+        "UPDATE {t} SET {c} = {c} || '-moved' WHERE id = 3",     # the index changes: old tuple = old index value
+        "DELETE FROM {t} WHERE id = 4",                          # old tuple = index value only
+        "UPDATE {t} SET id = 500, {c} = 'fresh' WHERE id = 5",   # both
+    ]
+    sql(database, "ALTER TABLE accounts REPLICA IDENTITY USING INDEX accounts_email")
+    for statement in changes:
+        sql(database, statement.format(t="accounts", c="email"), statement.format(t="handles", c="handle"))
+    wait_until(lambda: equal("accounts") and equal("handles"), timeout=90, what="the changes under the index identity")
+    assert {r["id"] for r in lake_rows(lake, "handles", key="id")} == {1, 100, 3, 500, 6}
+    assert worker.alive(), worker.output()
+    assert worker.terminate() == 0, worker.output()
