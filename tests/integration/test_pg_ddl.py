@@ -316,9 +316,10 @@ def test_reread_survives_sigkill_after_the_ddl_is_confirmed(database, prefix, tm
     cfg = write_config(tmp_path / "mirror.yaml", dsn=database, prefix=prefix, lake=mirror_lake, tables="public.big")
     w = workers(cfg).start()
     wait_until(lambda: compare("big", lake_rows(mirror_lake, "big"), source_rows(database, "big")), timeout=180, what="snapshot")
-    sql(database, "ALTER TABLE big ADD COLUMN c int NOT NULL DEFAULT 7", "UPDATE big SET v = -1 WHERE id = 5")
     with psycopg.connect(database, autocommit=True) as conn:
-        ddl_end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        conn.execute("ALTER TABLE big ADD COLUMN c int NOT NULL DEFAULT 7")
+        ddl_end = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # past the DDL's commit record
+        conn.execute("UPDATE big SET v = -1 WHERE id = 5")
 
         def confirmed_past_ddl():
             return conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
@@ -332,7 +333,22 @@ def test_reread_survives_sigkill_after_the_ddl_is_confirmed(database, prefix, tm
 
     w = workers(cfg).start()
     wait_until(lambda: compare("big", lake_rows(mirror_lake, "big"), source_rows(database, "big")), timeout=180, what="mirror == source after restart")
+
     assert w.terminate() == 0, w.output()[-3000:]
+
+    # A worker that resumed its slot and records a schema change keeps the state document whole: the
+    # next worker resumes the slot too (no new initial snapshot) and re-reads only what a DDL requires.
+    w = workers(cfg).start()
+    sql(database, "ALTER TABLE big ADD COLUMN e int", "UPDATE big SET v = -2, e = 1 WHERE id = 6")  # recorded, no re-read
+    wait_until(lambda: compare("big", lake_rows(mirror_lake, "big"), source_rows(database, "big")), timeout=60, what="nullable column")
+    time.sleep(1)
+    assert w.terminate() == 0, w.output()[-3000:]
+    assert "resuming slot" in w.output() and "snapshot of public.big" not in w.output(), w.output()[-3000:]
+    w = workers(cfg).start()
+    sql(database, "ALTER TABLE big ADD COLUMN d text DEFAULT 'd'", "UPDATE big SET v = -3 WHERE id = 7")
+    wait_until(lambda: compare("big", lake_rows(mirror_lake, "big"), source_rows(database, "big")), timeout=180, what="re-read after resume")
+    assert w.terminate() == 0, w.output()[-3000:]
+    assert "resuming slot" in w.output() and w.output().count("snapshot of public.big") == 1, w.output()[-3000:]
 
 
 def test_table_renamed_out_of_tables_stops_the_source_naming_both_names(database, prefix, tmp_path, workers):
