@@ -260,6 +260,7 @@ class Reader(threading.Thread):
                 start = start or point
             if start is None:
                 start = BinlogPoint(*catalog.master_status(self._meta, self.server))
+                self._record_definitions(start)
                 self._emit(SnapshotBegin(start, True))
                 self._emit(SnapshotDone(self._tables_now()))
             self._emit(Commit(start, self._tables_now()))
@@ -288,6 +289,18 @@ class Reader(threading.Thread):
             except queue.Full:
                 pass
             self._wake()
+
+    def _record_definitions(self, point: BinlogPoint) -> None:
+        """`snapshot: never`: record the captured tables' definitions at the stream's start (as a
+        snapshot does), so that the first DDL of a table is compared with the definition it changed,
+        not with information_schema as it is when the stream gets there."""
+        assert self._meta is not None
+        pos = Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)
+        for name in sorted(self._tables):
+            db, table = name.split(".", 1)
+            found = catalog.table_defs(self._meta, db, table)
+            if found is not None:
+                self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1])))
 
     # --- snapshot ---------------------------------------------------------------------------------
 
@@ -726,13 +739,10 @@ class Reader(threading.Thread):
                         self._set_table(name, pos)  # new and empty: its rows follow in the binlog
                 elif not self._snapshotted_since(name, pos):
                     why = rewrites_rows(self.history.before(db, table, pos), self.history.at(db, table, pos), sql)
-                    if why and self.cfg.snapshot == "initial":
+                    if why:
+                        # Also with `snapshot: never`, which skips the first copy of a table, not this repair.
                         log.info("source %s: %s.%s: %s without row events; reading the table again", self.cfg.name, db, table, why)
                         need.append((db, table))
-                    elif why:
-                        log.warning("source %s: %s.%s: %s without row events, and `snapshot: never` does not read tables: the "
-                                    "lake keeps the old values of the existing rows. Take a new snapshot (docs/mysql.md, Operations) "
-                                    "or set `snapshot: initial`", self.cfg.name, db, table, why)
         elif ddl.kind == "truncate":
             for db, table in captured:
                 self._truncate(db, table, pos, *args)
@@ -752,9 +762,7 @@ class Reader(threading.Thread):
                     self._read_entry(*new, pos, sql, end)
                     # The renamed table brings rows the binlog never showed under this name: snapshot it.
                     name = f"{new[0]}.{new[1]}"
-                    if self.cfg.snapshot == "never":
-                        self._set_table(name, pos)
-                    elif not self._snapshotted_since(name, pos):
+                    if not self._snapshotted_since(name, pos):
                         need.append(new)
         if need:
             # Rows of these tables between this statement and the snapshot's point are in the snapshot;

@@ -31,7 +31,8 @@ class MySQLSourceConfig(PluginConfig):
     source) reading the server. Default: 1000000 + crc32(`lakeward:<name>`) mod 1000000."""
     snapshot: Literal["initial", "never"] = "initial"
     """`initial`: copy the tables' current rows first, consistent with a binlog position, then
-    stream from exactly there. `never`: changes only, from the binlog's current end."""
+    stream from exactly there. `never`: changes only, from the binlog's current end (a table is
+    still read again after DDL that rewrote its rows without row events, or renamed it)."""
     snapshot_chunk_rows: int = Field(default=10_000, ge=10)
     """Rows read per snapshot query (keyset pagination over the primary key)."""
     status_interval_s: float = Field(default=1.0, gt=0)

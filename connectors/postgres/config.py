@@ -23,7 +23,8 @@ class PostgresSourceConfig(PluginConfig):
     publication: str | None = None
     """Publication name; default `lakeward_<name>`. Created and kept in sync with `tables`."""
     snapshot: Literal["initial", "never"] = "initial"
-    """`initial`: copy the tables' current rows first, consistent with the slot. `never`: changes only."""
+    """`initial`: copy the tables' current rows first, consistent with the slot. `never`: changes only
+    (a table is still read again after a schema change that rewrote its rows without row events)."""
     snapshot_fetch_rows: int = Field(default=20_000, ge=100)
     """Rows fetched per round trip while snapshotting."""
     status_interval_s: float = Field(default=1.0, gt=0)

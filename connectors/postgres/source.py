@@ -317,6 +317,11 @@ class PostgresSource(Source):
             if cfg.snapshot == "initial":
                 assert created.snapshot_name
                 await self._snapshot(created.snapshot_name, created.consistent_lsn, tables)
+            else:
+                # No snapshot records the shapes: take them at the slot's start, so that a DDL streamed
+                # later is compared with the shape before it, not with the catalog as it is by then.
+                for relid in (await catalog.relids(self._meta, tables)).values():
+                    await self._record_shape(self._meta, relid, created.consistent_lsn)
         finally:
             await repl.close()
         await self._publisher.flush()
@@ -333,19 +338,18 @@ class PostgresSource(Source):
         """
         cfg = self.config
         names = {f"{s}.{t}" for s, t in tables}
-        if cfg.snapshot == "initial" and tables:
+        # `snapshot: never` skips the first copy of a table, not a re-read: after a schema change that
+        # rewrote every row without row events, reading the table again is the only way to stay equal.
+        read = tables if cfg.snapshot == "initial" else [(s, t) for s, t in tables if f"{s}.{t}" in self._reread]
+        if read:
             repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
             try:
                 temp = await repl.create_slot(f"{cfg.slot_name}_new_{int(time.time())}", temporary=True)
                 assert temp.snapshot_name
-                await self._snapshot(temp.snapshot_name, temp.consistent_lsn, tables)
+                await self._snapshot(temp.snapshot_name, temp.consistent_lsn, read)
             finally:
                 await repl.close()
             await self._publisher.flush()
-        elif cfg.snapshot != "initial":
-            for name in sorted(self._reread & names):
-                log.error("source %s: table %s needs to be read again after a schema change, but the source has snapshot: never; "
-                          "the lake keeps the values its existing rows had before the change", cfg.name, name)
         self._reread -= names
         state.tables = sorted(set(state.tables) | names)
         await self._write_state(state)
