@@ -59,7 +59,7 @@ $(VENV_STAMP): pyproject.toml
 	@touch $@
 
 test: services venv
-	$(PYTEST) -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(PYTEST) -q -p no:cacheprovider --durations=20 tests $(PYTEST_ARGS)
 
 # The demo's lake is local: it needs PostgreSQL, Kafka and MariaDB, not the S3 server (whose first
 # build takes minutes on a fresh machine).

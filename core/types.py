@@ -122,7 +122,8 @@ def required_features(t: pa.DataType) -> set[str]:
 
 def same_storage(a: pa.DataType, b: pa.DataType) -> bool:
     """Whether two Arrow types store the same Delta type (Delta reads strings back as large or not)."""
-    norm = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary(), pa.string_view(): pa.large_string()}
+    norm = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary(), pa.string_view(): pa.large_string(),
+            pa.binary_view(): pa.large_binary()}
     if pa.types.is_list(a) or pa.types.is_large_list(a):
         return (pa.types.is_list(b) or pa.types.is_large_list(b)) and same_storage(a.value_type, b.value_type)
     return norm.get(a, a) == norm.get(b, b)

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from lakeward.connectors.mysql.types import ColumnDef, enum_members
+from lakeward.connectors.mysql.types import ColumnDef, enum_members, lake_type
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,10 @@ def rewrites_rows(old: HistoryEntry | None, new: HistoryEntry | None, sql: str) 
             continue
         if o.data_type != c.data_type and not _widens(o.data_type, c.data_type):
             return f"column {c.name!r} changed type"
+        if lake_type(o) != lake_type(c):
+            # A widening keeps the values, but the lake stores them differently (INT -> BIGINT): the
+            # re-read lets a mirror rebuild the table with the new type.
+            return f"column {c.name!r} changed its lake type from {lake_type(o)} to {lake_type(c)}"
         if o.nullable and not c.nullable:
             return f"column {c.name!r} became NOT NULL"
         for attr in ("length", "fsp", "scale", "precision"):

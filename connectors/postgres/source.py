@@ -80,6 +80,10 @@ class _Table:
     schema_header: tuple[str, bytes] = ("", b"")
     counts: dict[bytes, int] = field(default_factory=dict)
     """Events emitted per op since the last PostgresSource._sync_counts (shared by the table's versions)."""
+    muted: bool = False
+    """A re-read of the table is pending (its schema changed): its changes until then are in the re-read,
+    which sorts after them, so none is published and the first event of the new schema is the re-read's
+    `t` (a mirror may then rebuild the table with changed column types)."""
 
     def __post_init__(self) -> None:
         self.columns = list(zip(self.names, self.converters))
@@ -508,13 +512,16 @@ class PostgresSource(Source):
                         elif isinstance(m, pgoutput.Relation):
                             cols = [(c.name, c.type_oid, c.typmod) for c in m.columns]
                             await self._relation(m.relid, f"{m.namespace}.{m.name}", cols, txn.lsn)
-                            self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
+                            t = self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
+                            t.muted = f"{m.namespace}.{m.name}" in self._reread
                             txn.heads.pop(m.relid, None)
                         elif isinstance(m, pgoutput.Truncate):
                             lsn = xlog_start(buf)
                             for relid in m.relids:
                                 txn.seq += 1
                                 t = self._relations[relid]
+                                if t.muted:
+                                    continue
                                 self._emit(t, _T, TRUNCATE_KEY, None, None, txn.head(t, relid), lsn,
                                            _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
                     if data:
@@ -644,6 +651,8 @@ class PostgresSource(Source):
         lsn = xlog_start(buf)
         (relid,) = _U32.unpack_from(buf, XLOG_PAYLOAD + 1)
         t = self._relations[relid]
+        if t.muted:
+            return
         head = txn.heads.get(relid) or txn.head(t, relid)
         columns = t.columns
         pos = XLOG_PAYLOAD + 5

@@ -22,7 +22,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from lakeward.core import metrics
 from lakeward.core.errors import CommitConflict, SchemaChangeError
 from lakeward.core.retry import Backoff, deterministic, is_retriable
-from lakeward.core.types import TIMESTAMP_NTZ_FEATURE, required_features, to_storage
+from lakeward.core.types import TIMESTAMP_NTZ_FEATURE, required_features, same_storage, to_storage
 from lakeward.sinks.delta.batch import DELETE_FLAG, KEEP_PREFIX, Plan
 
 log = logging.getLogger(__name__)
@@ -244,12 +244,21 @@ class LakeTable:
         if plan.kind == "append":
             write_deltalake(self.dt, data, mode="append", schema_mode="merge", commit_properties=props)
         elif plan.kind == "overwrite":
-            write_deltalake(self.dt, data, mode="overwrite", schema_mode="merge", commit_properties=props)
+            # After a truncate the table is exactly `data`: when a column changed type (a source re-read
+            # the table after ALTER ... TYPE), the table takes the new schema instead of merging into it.
+            schema_mode = "overwrite" if self._retyped(data.schema) else "merge"
+            write_deltalake(self.dt, data, mode="overwrite", schema_mode=schema_mode, commit_properties=props)
         elif plan.kind == "merge":
             self._merge(plan, data, props)
         else:
             raise ValueError(plan.kind)
         return True
+
+    def _retyped(self, schema: pa.Schema) -> bool:
+        """Whether a column of `schema` has another type than the table's column of that name."""
+        current = self.schema()
+        assert current is not None
+        return any(f.name in current.names and not same_storage(current.field(f.name).type, f.type) for f in schema)
 
     def missing_features(self, schema: pa.Schema) -> set[str]:
         """Table features the columns of `schema` need that the table's protocol lacks."""

@@ -31,7 +31,7 @@ from lakeward.core import metrics
 from lakeward.core.errors import LakewardError, PoisonEventError, SchemaChangeError, TerminalError, TransientError
 from lakeward.core.events import (NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER,
                                   SCHEMA_HEADER, TableSchema)
-from lakeward.core.types import arrow_type, check_evolution
+from lakeward.core.types import arrow_type, check_evolution, same_storage
 from lakeward.sinks.delta.batch import (OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, is_key_change_delete,
                                         plan_changelog, plan_mirror)
 from lakeward.core.retry import Backoff, is_retriable
@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 _ROW_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ))
 _ALL_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ, OP_DELETE, OP_TRUNCATE))
 _op_of = itemgetter(OP)
+
+
+def _is_truncate(value: bytes) -> bool:
+    """Whether an event (raw value) is a truncate; read once per new schema, not per event."""
+    try:
+        return orjson.loads(value).get("op") == OP_TRUNCATE
+    except (orjson.JSONDecodeError, AttributeError):
+        return False  # decoded (and dead-lettered or refused) on the way in
 
 
 class Feed(Protocol):
@@ -85,6 +93,8 @@ class Batch:
     """Newest position applied once it is committed."""
     dead: list[DeadLetter]
     """Poison events among its offsets: sent to the dead-letter topic before the commit."""
+    catalog: Catalog
+    """The columns as the batch was cut: events ingested after it may change a type (see `_admit`)."""
 
 
 def iso(ts: float | None) -> str | None:
@@ -306,7 +316,7 @@ class TableWriter:
                 if info is None:
                     self.next_offset, self.last_position, self._bytes, self._buf_last = nxt, last_pos, nbytes, buf_last
                     try:
-                        info = await self._resolve(sid, off)
+                        info = await self._resolve(sid, off, value)
                     except PoisonEventError as e:
                         if epoch == self.epoch and self.active and not self._resyncing and events is self._events:
                             self._dead_letter(r, e)
@@ -374,18 +384,23 @@ class TableWriter:
         log.warning("%s; sent to the dead-letter topic", reason)
         self._dead.append(DeadLetter(record.offset, record.key, record.value, list(record.headers), reason))
 
-    async def _resolve(self, sid: bytes, offset: int) -> SchemaInfo:
+    async def _resolve(self, sid: bytes, offset: int, value: bytes) -> SchemaInfo:
         try:
             schema = await self._schemas.get(self.source, sid.decode())
         except KeyError:
             raise self._poison(offset, f"schema {sid.decode()!r} is not in the schema topic of source {self.source!r}") from None
         info = SchemaInfo.of(schema)
-        self._admit(schema)
+        self._admit(schema, rebuild=self.mode == "mirror" and _is_truncate(value))
         self._infos[sid] = info
         return info
 
-    def _admit(self, schema: TableSchema) -> None:
-        """Check a schema version against the lake table, then add its columns to the catalog."""
+    def _admit(self, schema: TableSchema, *, rebuild: bool = False) -> None:
+        """Check a schema version against the lake table, then add its columns to the catalog.
+
+        `rebuild`: the schema's first event is a truncate (a source re-reads the table after a schema
+        change), so the mirror is rewritten from the rows that follow: a column may change to a type
+        the table cannot merge (INT -> BIGINT); the overwrite replaces the table's schema.
+        """
         if self.mode == "mirror" and not schema.primary_key:
             raise TerminalError(f"table {self.qualified} has no primary key; mirror mode needs one: add a primary key, or use mode: changelog")
         types = {}
@@ -398,8 +413,12 @@ class TableWriter:
             except ValueError:
                 raise SchemaChangeError(f"table {self.qualified}: column {col.name!r} has unknown lake type {col.lake_type!r}; stopped this table") from None
             old = self.catalog.arrow.get(col.name)
-            if old is not None:
+            if old is not None and not (rebuild and not same_storage(old, new)):
                 check_evolution(self.qualified, col.name, old, new)
+            elif old is not None:
+                log.info("%s: column %r changes type from %s to %s: the table is rewritten from the re-read that follows",
+                         self.qualified, col.name, old, new)
+                self.catalog.arrow[col.name] = new
             types[col.name] = new
         if self.catalog.arrow and any(col.name not in self.catalog.arrow for col in schema.columns):
             self._metrics.schema_changes.inc()  # new columns for a table that had some: a schema merge ahead
@@ -448,9 +467,9 @@ class TableWriter:
             events = events[:-1]
             tail = ([d], [x for x in dead if x.offset > d[OFF]], self._buf_last, self._open_pair)
             dead = [x for x in dead if x.offset < d[OFF]]
-            batch = Batch(events, first, d[OFF] - 1, events[-1][POS], dead)
+            batch = Batch(events, first, d[OFF] - 1, events[-1][POS], dead, self._catalog_snapshot())
         else:
-            batch = Batch(events, first, self._buf_last, self.last_position, dead)
+            batch = Batch(events, first, self._buf_last, self.last_position, dead, self._catalog_snapshot())
         self._reset_buffer()
         if tail is not None:
             self._events, self._dead, self._buf_last, self._open_pair = tail
@@ -494,7 +513,7 @@ class TableWriter:
         return self._plan(events, catalog), Counter(map(_op_of, events))
 
     async def _flush_batch(self, batch: Batch) -> None:
-        catalog = self._catalog_snapshot()
+        catalog = batch.catalog
         poison: PoisonEventError | None = None
         t0 = time.perf_counter()
         while True:
@@ -518,7 +537,7 @@ class TableWriter:
                 events = [ev for ev in batch.events if ev[OFF] < bad]
                 if events and is_key_change_delete(events[-1]):
                     bad = events.pop()[OFF]  # the `d` of a key change goes with its `c`
-                batch = Batch(events, batch.first, bad - 1, events[-1][POS] if events else self.committed_position, [])
+                batch = Batch(events, batch.first, bad - 1, events[-1][POS] if events else self.committed_position, [], catalog)
         if batch.last < batch.first:
             if poison:
                 raise poison

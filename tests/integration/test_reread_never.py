@@ -7,6 +7,8 @@ row event. The re-read that follows makes the lake table equal to the source tab
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .conftest import sql, wait_until, write_config
@@ -34,7 +36,8 @@ def test_mysql_rereads_after_add_column_default_with_snapshot_never(mysql_db, pr
     lake = tmp_path / "lake"
     cfg = write_mysql_config(tmp_path / "lakeward.yaml", db=mysql_db, prefix=prefix, lake=lake, extra_source="    snapshot: never\n")
     worker = workers(cfg).start()
-    wait_until(lambda: "streaming from the binlog's end" in worker.output(), timeout=60, what="the source to stream")
+    # The binlog reader's own line: the position it streams from is taken after the source's first log line.
+    wait_until(lambda: re.search(r"streaming from \S+:\d+", worker.output()) is not None, timeout=60, what="the source to stream")
     msql("UPDATE t SET v = 'changed' WHERE id <= 3", db=mysql_db)
     msql("ALTER TABLE t ADD COLUMN flag int NOT NULL DEFAULT 7", "UPDATE t SET v = 'after' WHERE id = 4", db=mysql_db)
     wait_until(lambda: lake_equals_mysql(mysql_db, lake, "t"), timeout=90, what="the re-read after ADD COLUMN DEFAULT")

@@ -102,6 +102,11 @@ def test_changes_that_rewrite_rows():
     assert "members" in rewrites_rows(_table(e2), _table(e1), "")
     assert "primary key" in rewrites_rows(_table(v10), _table(v10, pk=("s",)), "")
     assert "partition" in rewrites_rows(None, None, "ALTER TABLE t TRUNCATE PARTITION p0")
+    # A widening keeps the values but changes how the lake stores them: re-read, so a mirror can rebuild.
+    assert "lake type from integer to long" in rewrites_rows(_table(ColumnDef("n", "int", "int(11)")), _table(ColumnDef("n", "bigint", "bigint(20)")), "")
+    assert "lake type" in rewrites_rows(_table(ColumnDef("d", "decimal", "decimal(8,2)", precision=8, scale=2)),
+                                        _table(ColumnDef("d", "decimal", "decimal(12,4)", precision=12, scale=4)), "")
+    assert rewrites_rows(_table(ColumnDef("n", "smallint", "smallint(6)")), _table(ColumnDef("n", "mediumint", "mediumint(9)")), "") is not None
     assert rewrites_rows(None, _table(v10), "ALTER TABLE t ADD x int") is None
 
 
