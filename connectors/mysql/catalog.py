@@ -109,25 +109,25 @@ def binary_logs(conn: pymysql.Connection) -> list[str]:
 
 def binlog_end(conn: pymysql.Connection) -> tuple[str, int]:
     """(file, position) of the binlog's end now, without the GTID lookup of master_status."""
+    row = _binlog_status(conn)
+    return row["File"], int(row["Position"])
+
+
+def _binlog_status(conn: pymysql.Connection) -> dict:
+    """The row of SHOW BINARY LOG STATUS (MySQL 8.2+), or of SHOW MASTER STATUS (older, MariaDB)."""
     try:
         rows = query_dicts(conn, "SHOW BINARY LOG STATUS")
     except pymysql.err.ProgrammingError:
         rows = query_dicts(conn, "SHOW MASTER STATUS")
     if not rows:
         raise SourceSetupError("the binary log is off (SHOW MASTER STATUS is empty)")
-    return rows[0]["File"], int(rows[0]["Position"])
+    return rows[0]
 
 
 def master_status(conn: pymysql.Connection, server: Server) -> tuple[str, int, str]:
     """(file, position, gtid) of the binlog's end now. GTID: MariaDB's gtid_binlog_pos, MySQL's
     gtid_executed (empty without GTIDs)."""
-    try:
-        rows = query_dicts(conn, "SHOW BINARY LOG STATUS")
-    except pymysql.err.ProgrammingError:
-        rows = query_dicts(conn, "SHOW MASTER STATUS")
-    if not rows:
-        raise SourceSetupError("the binary log is off (SHOW MASTER STATUS is empty)")
-    row = rows[0]
+    row = _binlog_status(conn)
     if server.is_mariadb:
         gtid = query(conn, "SELECT BINLOG_GTID_POS(%s, %s)", (row["File"], row["Position"]))[0][0] or ""
     else:
