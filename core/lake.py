@@ -203,7 +203,7 @@ def _with_file_types(delta: pa.Schema, physical: pa.Schema) -> pa.Schema:
     return pa.schema([physical.field(f.name).with_nullable(f.nullable) if f.name in physical.names else f for f in delta])
 
 
-def _dataset(dt: DeltaTable, schema: pa.Schema | None = None) -> Any:
+def _dataset(dt: DeltaTable) -> Any:
     """delta-rs' pyarrow dataset of the table, without the per-file guarantees it derives from the
     file statistics. For a file written before a column was added, delta-rs states `x >= null AND
     x <= null` as a guarantee, and pyarrow then simplifies `x IS NOT NULL` to true for that file (its
@@ -211,7 +211,7 @@ def _dataset(dt: DeltaTable, schema: pa.Schema | None = None) -> Any:
     footers still prune; only the file-level shortcut goes."""
     import pyarrow.dataset as pds
 
-    ds = dt.to_pyarrow_dataset(schema=schema)
+    ds = dt.to_pyarrow_dataset()
     fragments = [ds.format.make_fragment(fr.path, filesystem=ds.filesystem) for fr in ds.get_fragments()]
     return pds.FileSystemDataset(fragments, ds.schema, ds.format, ds.filesystem)
 
@@ -240,11 +240,8 @@ def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
         (schema,) = groups
         if schema == base.schema:
             return [base]
-    out = []
-    for schema, paths in groups.items():
-        typed = _dataset(dt, schema)
-        out.append(pds.FileSystemDataset([fr for fr in typed.get_fragments() if fr.path in paths], schema, typed.format, typed.filesystem))
-    return out
+    return [pds.FileSystemDataset([fr for fr in fragments if fr.path in paths], schema, base.format, base.filesystem)
+            for schema, paths in groups.items()]
 
 
 def open_lake(config: LakewardConfig, *, as_of: int | None = None, prepare: set[str] | None = None) -> LakeView:
