@@ -90,6 +90,7 @@ sources:
     type: delta
     sources: [legacy]
     mode: {mode}
+    group_id: lakeward.{prefix}.{sink_name}
     batch_interval_s: 0.2
 {extra_sink}"""
     )
