@@ -126,6 +126,16 @@ async def topic_events(consumer: Any, topic: str) -> int:
     raise RuntimeError(f"cannot read the end offsets of {topic}")
 
 
+def newest_log_version(table: Path) -> int | None:
+    """The newest commit of a Delta table from a listing of its log (cheap: polled often)."""
+    try:
+        names = os.listdir(table / "_delta_log")
+    except FileNotFoundError:
+        return None
+    versions = [int(n[:20]) for n in names if n.endswith(".json") and n[:20].isdigit()]
+    return max(versions, default=None)
+
+
 def lake_rows_from_log(table: Path) -> int | None:
     """Rows of a Delta table from its log (numRecords of the add actions), without reading data files."""
     from deltalake import DeltaTable
@@ -164,12 +174,13 @@ class Progress:
     lake_done_at: float | None = None
     events: int = 0
     lake_rows: int | None = None
+    lake_version: int | None = None
 
 
 async def poll_until(run: Run, progress: Progress, peaks: PeakRss, done: Callable[[], bool], poll_s: float,
-                     lake_every: int = 0) -> None:
-    """Poll the topic (and, every `lake_every` polls, the lake) until `done()`; fail on a worker's exit or the timeout."""
-    bench, n, polls = run.bench, run.bench.args.rows, 0
+                     watch_lake: bool = False) -> None:
+    """Poll the topic (and with `watch_lake` the lake) until `done()`; fail on a worker's exit or the timeout."""
+    bench, n = run.bench, run.bench.args.rows
     deadline = time.monotonic() + bench.args.timeout
     while not done():
         peaks.sample()
@@ -179,16 +190,17 @@ async def poll_until(run: Run, progress: Progress, peaks: PeakRss, done: Callabl
             progress.first_event_at = now
         if progress.events >= n + 1 and progress.published_at is None:
             progress.published_at = now
-        if lake_every and polls % lake_every == 0:
+        if watch_lake and (version := newest_log_version(run.lake_table)) != progress.lake_version:
+            # Load the table only when a commit appeared: a big table's log costs CPU the workers need.
+            progress.lake_version = version
             progress.lake_rows = await asyncio.to_thread(lake_rows_from_log, run.lake_table)
             if progress.lake_rows is not None and progress.lake_rows >= n:
                 progress.lake_done_at = time.time()
-        polls += 1
         if done():
             break
         failed = run.failed_worker()
         if failed is not None or time.monotonic() > deadline:
-            why = f"the {failed.role} worker exited ({failed.proc.returncode})" if failed else f"not done after {bench.args.timeout:.0f}s"
+            why = f"the {failed.role} worker exited ({failed.proc.returncode})" if failed else f"not done after {bench.args.timeout:g}s"
             raise RuntimeError(f"{run.tag}: {why}; {progress.events:,} events in the topic, lake rows {progress.lake_rows}:\n"
                                + "\n".join(w.tail(15) for w in run.workers))
         await asyncio.sleep(poll_s)
@@ -211,7 +223,7 @@ async def measure(run: Run) -> dict[str, Any]:
         await poll_until(run, progress, peaks, lambda: progress.published_at is not None, poll_s=0.05)
         done_at = progress.published_at
     else:
-        await poll_until(run, progress, peaks, lambda: progress.lake_done_at is not None, poll_s=0.1, lake_every=3)
+        await poll_until(run, progress, peaks, lambda: progress.lake_done_at is not None, poll_s=0.1, watch_lake=True)
         done_at = progress.lake_done_at
     assert done_at is not None
     out = figures(run, progress, peaks, done_at)
@@ -373,7 +385,7 @@ def notes(results: list[dict[str, Any]]) -> list[str]:
             out.append(f"{d['database']}: this checkout's source config has no snapshot_parallelism; only the default ran.")
         for r in d["runs"]:
             if "error" in r:
-                out.append(f"{d['database']} {r['mode']} parallelism {r['parallelism']}: {r['error'].splitlines()[0]}")
+                out.append(f"{d['database']} {r['mode']} parallelism {r['parallelism'] or 'default'}: {r['error'].splitlines()[0]}")
     return out
 
 
