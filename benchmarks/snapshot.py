@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -62,27 +62,18 @@ MODE_LABELS = {"source": "source only (â†’ broker acked)", "e2e": "end to end (â
 # --- one run -------------------------------------------------------------------------------------
 
 
-@dataclass
 class Run:
     """One snapshot measured: its own topic prefix, slot, state, lake and config."""
 
-    bench: Bench
-    db: Postgres | MySQL
-    mode: str
-    parallelism: int | None
-    tag: str = ""
-    prefix: str = ""
-    lake: Path = Path()
-    config: Path = Path()
-    workers: list[Worker] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.tag = f"{self.db.name[:2]}_{self.mode}_{self.parallelism or 'default'}"
-        self.prefix = f"bsnap{self.bench.id}{self.tag.replace('_', '')}"
-        self.lake = self.bench.work / f"lake_{self.tag}"
-        self.config = self.bench.work / f"lakeward_{self.tag}.yaml"
-        self.topic = table_topic(self.prefix, SOURCE, self.db.schema(), "bench")
-        self.lake_table = self.lake / SOURCE / self.db.schema() / "bench"
+    def __init__(self, bench: Bench, db: Postgres | MySQL, mode: str, parallelism: int | None):
+        self.bench, self.db, self.mode, self.parallelism = bench, db, mode, parallelism
+        self.tag = f"{db.name[:2]}_{mode}_{parallelism or 'default'}"
+        self.prefix = f"bsnap{bench.id}{self.tag.replace('_', '')}"
+        self.lake = bench.work / f"lake_{self.tag}"
+        self.config = bench.work / f"lakeward_{self.tag}.yaml"
+        self.topic = table_topic(self.prefix, SOURCE, db.schema(), "bench")
+        self.lake_table = self.lake / SOURCE / db.schema() / "bench"
+        self.workers: list[Worker] = []
 
     def write_config(self) -> None:
         self.config.write_text(
