@@ -68,20 +68,24 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+# The sources log `snapshot of <table>: N rows in S` per finished table, and tests and operators count
+# those lines: these lines read differently ("snapshotting", "snapshotted") so they are not counted with them.
+
+
 def progress_line(table: str, rows: int, estimate: int | None, rows_per_s: float) -> str:
-    """`snapshot of public.items: 1,200,000/10,000,000 rows (12%), 180,000 rows/s, ETA 49s`."""
+    """`snapshotting public.items: 1,200,000/10,000,000 rows (12%), 180,000 rows/s, ETA 49s`."""
     speed = f"{rows_per_s:,.0f} rows/s"
     if not estimate or estimate <= 0:
-        return f"snapshot of {table}: {rows:,} rows, {speed}"
+        return f"snapshotting {table}: {rows:,} rows, {speed}"
     if rows > estimate:  # the estimate (reltuples, table_rows) was low: no honest ETA
-        return f"snapshot of {table}: {rows:,} rows (estimate was {estimate:,}), {speed}"
+        return f"snapshotting {table}: {rows:,} rows (estimate was {estimate:,}), {speed}"
     eta = duration((estimate - rows) / rows_per_s) if rows_per_s > 0 else "unknown"
-    return f"snapshot of {table}: {rows:,}/{estimate:,} rows ({rows * 100 // estimate}%), {speed}, ETA {eta}"
+    return f"snapshotting {table}: {rows:,}/{estimate:,} rows ({rows * 100 // estimate}%), {speed}, ETA {eta}"
 
 
 def finished_line(table: str, rows: int, seconds: float) -> str:
     speed = rows / seconds if seconds > 0 else 0.0
-    return f"snapshot of {table} finished: {rows:,} rows in {duration(seconds)}, {speed:,.0f} rows/s"
+    return f"snapshotted {table}: {rows:,} rows in {duration(seconds)}, {speed:,.0f} rows/s"
 
 
 @dataclass
@@ -116,9 +120,10 @@ class SnapshotLog:
             if run is None:  # advance without start: count from here rather than lose the table
                 run = self._runs[(source, table)] = _Run(None, now, logged_at=now)
             run.rows += rows
-            if now - run.logged_at < self._interval:
+            elapsed = now - run.logged_at
+            if elapsed < self._interval or elapsed <= 0:
                 return
-            rate = (run.rows - run.logged_rows) / (now - run.logged_at)
+            rate = (run.rows - run.logged_rows) / elapsed
             run.logged_at, run.logged_rows = now, run.rows
             line = progress_line(table, run.rows, run.estimate, rate)
         self._log.info("source %s: %s", source, line)  # outside the lock: a slow handler holds up no other thread

@@ -14,7 +14,9 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 from lakeward.core.snapshot import SnapshotRequest
 
-from .conftest import BROKER, write_config
+from .conftest import BROKER, sql, wait_until, write_config
+from .lakecheck import lake_equals_source
+from .test_metrics import Scrape, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,20 @@ def test_an_unreachable_broker_is_one_clear_error(tmp_path, prefix):
     out = lakeward("-c", str(cfg), "snapshot", "--source", "shop", "--table", "public.orders")
     assert out.returncode == 1
     assert "error: cannot reach the broker at 127.0.0.1:1" in out.stderr and out.stdout == ""
+
+
+def test_run_logs_snapshot_progress_and_serves_the_snapshot_gauges(database, prefix, tmp_path, workers):
+    """Without a terminal `lakeward run` logs each table's snapshot (a final line; a progress line every
+    few seconds of a long one), and every source feeds the snapshot gauges through the same calls."""
+    sql(database, "CREATE TABLE items (id int PRIMARY KEY, v text)", "INSERT INTO items SELECT g, 'x' FROM generate_series(1, 20000) g",
+        "ANALYZE items")
+    lake = tmp_path / "lake"
+    cfg = write_config(tmp_path / "lakeward.yaml", dsn=database, prefix=prefix, lake=lake)
+    port = free_port()
+    worker = workers(cfg, "--metrics-port", str(port)).start()
+    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=90, what="the snapshot in the lake")
+    assert re.search(r"source shop: snapshotted public\.items: 20,000 rows in \d+", worker.output()), worker.output()[-3000:]
+    scrape = Scrape(port)
+    assert scrape.value("lakeward_source_snapshot_running", source="shop", table="public.items") == 0.0
+    assert scrape.value("lakeward_source_snapshot_rows_estimate", source="shop", table="public.items") == 20000.0
+    assert worker.terminate() == 0

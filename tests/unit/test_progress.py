@@ -51,17 +51,18 @@ def test_log_lines_are_rate_limited_and_say_rows_speed_and_eta():
     assert out.lines == []
     clock.now += 1.0  # 5 s since the start, 1,200,000 rows
     log.advance("shop", "public.items", 0)
-    assert out.lines == ["source shop: snapshot of public.items: 1,200,000/10,000,000 rows (12%), 240,000 rows/s, ETA 37s"]
+    assert out.lines == ["source shop: snapshotting public.items: 1,200,000/10,000,000 rows (12%), 240,000 rows/s, ETA 37s"]
     clock.now += 1.0
     log.advance("shop", "public.items", 100_000)
     assert len(out.lines) == 1, "the next line waits for the interval"
     clock.now += 4.0
     log.advance("shop", "public.items", 800_000)  # 900,000 rows in the last 5 s: the rate is that window's
-    assert out.lines[-1] == "source shop: snapshot of public.items: 2,100,000/10,000,000 rows (21%), 180,000 rows/s, ETA 44s"
+    assert out.lines[-1] == "source shop: snapshotting public.items: 2,100,000/10,000,000 rows (21%), 180,000 rows/s, ETA 44s"
     clock.now += 2.0
     log.finish("shop", "public.items")
-    assert out.lines[-1] == "source shop: snapshot of public.items finished: 2,100,000 rows in 12s, 175,000 rows/s"
+    assert out.lines[-1] == "source shop: snapshotted public.items: 2,100,000 rows in 12s, 175,000 rows/s"
     assert len(out.lines) == 3
+    assert not any("snapshot of" in line for line in out.lines), "the sources' own per-table line reads `snapshot of T: N rows in S`"
 
 
 def test_log_lines_without_or_beyond_the_estimate():
@@ -69,18 +70,18 @@ def test_log_lines_without_or_beyond_the_estimate():
     log.start("inv", "inventory.stock", None)
     clock.now += 5
     log.advance("inv", "inventory.stock", 5_000)
-    assert out.lines[-1] == "source inv: snapshot of inventory.stock: 5,000 rows, 1,000 rows/s"
+    assert out.lines[-1] == "source inv: snapshotting inventory.stock: 5,000 rows, 1,000 rows/s"
     log.start("inv", "inventory.moves", 1_000)  # table_rows can be far off
     clock.now += 600
     log.advance("inv", "inventory.moves", 3_000)
-    assert out.lines[-1] == "source inv: snapshot of inventory.moves: 3,000 rows (estimate was 1,000), 5 rows/s"
+    assert out.lines[-1] == "source inv: snapshotting inventory.moves: 3,000 rows (estimate was 1,000), 5 rows/s"
     log.start("shop", "public.big", 10_000_000)
     clock.now += 5
     log.advance("shop", "public.big", 5)
     assert out.lines[-1].endswith(": 5/10,000,000 rows (0%), 1 rows/s, ETA 2777h46m")
     clock.now += 3600 + 65
     log.finish("inv", "inventory.stock")
-    assert out.lines[-1] == "source inv: snapshot of inventory.stock finished: 5,000 rows in 1h11m, 1 rows/s"
+    assert out.lines[-1] == "source inv: snapshotted inventory.stock: 5,000 rows in 1h11m, 1 rows/s"
 
 
 def test_advance_without_start_and_finish_twice_do_no_harm():
@@ -88,7 +89,7 @@ def test_advance_without_start_and_finish_twice_do_no_harm():
     log.advance("shop", "public.t", 10)
     clock.now += 5
     log.advance("shop", "public.t", 10)
-    assert out.lines == ["source shop: snapshot of public.t: 20 rows, 4 rows/s"]
+    assert out.lines == ["source shop: snapshotting public.t: 20 rows, 4 rows/s"]
     log.finish("shop", "public.t")
     log.finish("shop", "public.t")
     assert len(out.lines) == 2
@@ -113,7 +114,7 @@ def test_reports_from_threads_count_every_row_once():
     assert len(out.lines) > 10, "progress lines were logged while the threads reported"
     for t in tables:
         log.finish("inv", t)
-    finals = {m.group(1): int(m.group(2).replace(",", "")) for m in (re.match(r"source inv: snapshot of (\S+) finished: ([\d,]+) rows", line)
+    finals = {m.group(1): int(m.group(2).replace(",", "")) for m in (re.match(r"source inv: snapshotted (\S+): ([\d,]+) rows", line)
                                                                     for line in out.lines) if m}
     assert finals == {"db.t0": 10_000 + 8_000, "db.t1": 10_000, "db.t2": 10_000, "db.t3": 10_000}
 
