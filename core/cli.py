@@ -180,8 +180,8 @@ def snapshot(
 ) -> None:
     """Ask a running source to read tables again while it keeps streaming (an incremental snapshot).
 
-    The request goes to the source's signal topic `<prefix>.<source>.__signals`; the source picks it
-    up within seconds (or when it next starts) and publishes the rows as `r` events, exactly once.
+    The request goes to the signal topic <prefix>.<source>.__signals; the source picks it up within seconds (or when it next starts).
+
     Nothing is reset: rows deleted in the source before the request stay in a mirror."""
     try:
         cfg = _config()
@@ -195,13 +195,13 @@ def snapshot(
         _fail(e)
     console.print(f"snapshot request {request.id} sent to source {source_cfg.name}: {', '.join(request.tables)}"
                   + (f" where {request.where}" if request.where else ""), markup=False, highlight=False, soft_wrap=True)
-    console.print("follow it with `lakeward status` (the source's log names each table as it starts and finishes)", markup=False, highlight=False, soft_wrap=True)
+    console.print("follow it with `lakeward status` (and the source's log)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 @_global_options
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Slot lag of each source; consumer lag, Delta version and last commit of each lake table."""
+    """Slot lag and snapshot progress of each source; consumer lag, Delta version and last commit of each lake table."""
     try:
         cfg = _config()
         report = asyncio.run(_status(cfg))
@@ -239,13 +239,15 @@ def snapshot_table(source: str, tables: list[dict[str, Any]]) -> Table:
     out = Table("table", "kind", "rows", "estimate", "chunks", "state", title=f"Snapshot of {source}")
     for t in tables:
         rows, estimate = int(t.get("rows") or 0), t.get("estimate")
-        if estimate is not None and estimate > 0 and not t.get("done"):
+        if estimate is not None and estimate < 0:  # reltuples of a table never analyzed
+            estimate = None
+        if estimate and not t.get("done"):
             rows_text = f"{rows:,} ({min(100, rows * 100 // estimate)}%)"
         else:
             rows_text = f"{rows:,}"
         chunks = f"{t.get('chunks_done', 0)}/{t['chunks']}" if t.get("chunks") is not None else str(t.get("chunks_done", 0))
         out.add_row(str(t.get("table", "")), str(t.get("kind", "")), rows_text, "" if estimate is None else f"{estimate:,}", chunks,
-                    "done" if t.get("done") else "running")
+                    "done" if t.get("done") else "in progress")
     return out
 
 

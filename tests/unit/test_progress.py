@@ -166,8 +166,8 @@ def test_status_prints_the_sources_snapshot_list():
          "snapshot": [
              {"table": "public.items", "kind": "initial", "rows": 1_200_000, "estimate": 10_000_000, "chunks_done": 24, "chunks": 200,
               "done": False},
-             {"table": "public.orders", "kind": "incremental", "rows": 30, "estimate": None, "chunks_done": 1, "chunks": None,
-              "done": True},
+             {"table": "public.orders", "kind": "incremental", "rows": 30, "estimate": -1, "chunks_done": 1, "chunks": None,
+              "done": True, "reason": "request"},
          ]},
         {"source": "inv", "slot": "", "exists": True},  # reports no snapshot list: nothing extra
     ], "sinks": []}
@@ -176,6 +176,6 @@ def test_status_prints_the_sources_snapshot_list():
     text = out.getvalue()
     assert "Snapshot of shop" in text and "Snapshot of inv" not in text
     items = next(line for line in text.splitlines() if "public.items" in line)
-    assert re.search(r"public\.items\s+│\s+initial\s+│\s+1,200,000 \(12%\)\s+│\s+10,000,000\s+│\s+24/200\s+│\s+running", items), items
+    assert re.search(r"public\.items\s+│\s+initial\s+│\s+1,200,000 \(12%\)\s+│\s+10,000,000\s+│\s+24/200\s+│\s+in progress", items), items
     orders = next(line for line in text.splitlines() if "public.orders" in line)
     assert re.search(r"public\.orders\s+│\s+incremental\s+│\s+30\s+│\s+│\s+1\s+│\s+done", orders), orders
