@@ -28,6 +28,7 @@ from rich.table import Column, Table
 
 from lakeward.core import lake as lakefs
 from lakeward.core import progress
+from lakeward.core import snapshot as snapshots
 from lakeward.core.config import LakewardConfig, config_as_dict, config_path, load_config
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
@@ -170,8 +171,37 @@ def run(
 
 @app.command()
 @_global_options
+def snapshot(
+    source: Annotated[Optional[str], typer.Option("--source", help="The source whose tables to read again.")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(
+        "--table", help="A table as the source names it: schema.table (PostgreSQL) or database.table (MySQL); repeatable.")] = None,
+    where: Annotated[Optional[str], typer.Option(
+        "--where", help="Only rows matching this SQL condition on the table's columns (e.g. \"id > 1000\").")] = None,
+) -> None:
+    """Ask a running source to read tables again while it keeps streaming (an incremental snapshot).
+
+    The request goes to the signal topic <prefix>.<source>.__signals; the source picks it up within seconds (or when it next starts).
+
+    Nothing is reset: rows deleted in the source before the request stay in a mirror."""
+    try:
+        cfg = _config()
+        if not source:
+            raise ConfigError(f"name the source with --source; the config has: {', '.join(s.name for s in cfg.sources) or 'none'}")
+        source_cfg = cfg.source(source)
+        tables = snapshots.request_tables(source_cfg, table or [])
+        request = snapshots.new_request(tables, where.strip() if where else None)
+        asyncio.run(snapshots.send_request(cfg.broker, source_cfg.name, request))
+    except LakewardError as e:
+        _fail(e)
+    console.print(f"snapshot request {request.id} sent to source {source_cfg.name}: {', '.join(request.tables)}"
+                  + (f" where {request.where}" if request.where else ""), markup=False, highlight=False, soft_wrap=True)
+    console.print("follow it with `lakeward status` (and the source's log)", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_global_options
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Slot lag of each source; consumer lag, Delta version and last commit of each lake table."""
+    """Slot lag and snapshot progress of each source; consumer lag, Delta version and last commit of each lake table."""
     try:
         cfg = _config()
         report = asyncio.run(_status(cfg))
@@ -180,13 +210,20 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
+    print_status(report, console)
+
+
+def print_status(report: dict[str, Any], out: Console) -> None:
     src = Table("source", "slot", "active", "confirmed LSN", "lag bytes", title="Sources")
     for s in report["sources"]:
         if "error" in s:
             src.add_row(s["source"], "", "", "", f"[red]{s['error']}[/]")
         else:
             src.add_row(s["source"], s["slot"], str(s.get("active", "")), str(s.get("confirmed_flush_lsn", "missing")), str(s.get("lag_bytes", "")))
-    console.print(src)
+    out.print(src)
+    for s in report["sources"]:
+        if s.get("snapshot"):
+            out.print(snapshot_table(s["source"], s["snapshot"]))
     tbl = Table("sink", "table", "version", "last commit", "offset", "lag", "state", title="Lake tables")
     for s in report["sinks"]:
         for t in s.get("tables", []):
@@ -194,7 +231,24 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
                         str(t.get("lag")), f"[red]{t['error']}[/]" if t.get("error") else "ok")
         if "error" in s:
             tbl.add_row(s["sink"], "", "", "", "", "", f"[red]{s['error']}[/]")
-    console.print(tbl)
+    out.print(tbl)
+
+
+def snapshot_table(source: str, tables: list[dict[str, Any]]) -> Table:
+    """A source's snapshot progress (core.snapshot.TableProgress.to_dict() per table) as `lakeward status` shows it."""
+    out = Table("table", "kind", "rows", "estimate", "chunks", "state", title=f"Snapshot of {source}")
+    for t in tables:
+        rows, estimate = int(t.get("rows") or 0), t.get("estimate")
+        if estimate is not None and estimate < 0:  # reltuples of a table never analyzed
+            estimate = None
+        if estimate and not t.get("done"):
+            rows_text = f"{rows:,} ({min(100, rows * 100 // estimate)}%)"
+        else:
+            rows_text = f"{rows:,}"
+        chunks = f"{t.get('chunks_done', 0)}/{t['chunks']}" if t.get("chunks") is not None else str(t.get("chunks_done", 0))
+        out.add_row(str(t.get("table", "")), str(t.get("kind", "")), rows_text, "" if estimate is None else f"{estimate:,}", chunks,
+                    "done" if t.get("done") else "in progress")
+    return out
 
 
 async def _status(cfg: LakewardConfig) -> dict[str, Any]:

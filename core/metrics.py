@@ -56,6 +56,13 @@ SOURCE_EVENTS_READ = Counter(
 SOURCE_EVENTS_PUBLISHED = Counter(
     "lakeward_source_events_published_total", "Change events the broker acknowledged (acks=all), by table.", ["source", "table"])
 SOURCE_SNAPSHOT_ROWS = Counter("lakeward_source_snapshot_rows_total", "Rows read by snapshots, by table.", ["source", "table"])
+SOURCE_SNAPSHOT_ESTIMATE = Gauge(
+    "lakeward_source_snapshot_rows_estimate",
+    "The database's row estimate of a table when its snapshot started (PostgreSQL pg_class.reltuples, MySQL "
+    "information_schema.tables.table_rows).", ["source", "table"])
+SOURCE_SNAPSHOT_RUNNING = Gauge(
+    "lakeward_source_snapshot_running", "1 while a table's snapshot (initial or incremental) runs in this process, else 0.",
+    ["source", "table"])
 SOURCE_SCHEMA_CHANGES = Counter(
     "lakeward_source_schema_changes_total",
     "A table's schema (columns, types, key) differed from the one this process published before for it.", ["source", "table"])
@@ -159,6 +166,22 @@ class SourceMetrics:
 
     def caught_up(self) -> None:
         self.lag_seconds.set(0.0)
+
+
+class SnapshotGauges:
+    """The snapshot gauges, fed by the progress calls every source makes (`lakeward.core.progress`),
+    so no source needs code of its own for them. Thread-safe (prometheus_client locks)."""
+
+    def start(self, source: str, table: str, estimate: int | None) -> None:
+        if estimate is not None and estimate >= 0:  # reltuples is -1 for a table never analyzed: no estimate
+            SOURCE_SNAPSHOT_ESTIMATE.labels(source, table).set(estimate)
+        SOURCE_SNAPSHOT_RUNNING.labels(source, table).set(1)
+
+    def advance(self, source: str, table: str, rows: int) -> None:
+        pass  # rows are counted by the sources in lakeward_source_snapshot_rows_total, per batch
+
+    def finish(self, source: str, table: str) -> None:
+        SOURCE_SNAPSHOT_RUNNING.labels(source, table).set(0)
 
 
 class TableMetrics:

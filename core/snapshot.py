@@ -13,6 +13,7 @@ write access to the database, and both sources read it the same way.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 import uuid
@@ -24,6 +25,7 @@ from aiokafka import TopicPartition
 
 from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
+from lakeward.core.errors import ConfigError
 
 SIGNALS_SUFFIX = "__signals"
 MAX_DEFAULT_PARALLELISM = 4
@@ -116,6 +118,32 @@ class TableProgress:
 
 def new_request(tables: list[str], where: str | None) -> SnapshotRequest:
     return SnapshotRequest(uuid.uuid4().hex[:12], tuple(tables), where or None, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def request_tables(source: Any, tables: list[str]) -> list[str]:
+    """The tables of a `lakeward snapshot` request, checked against the source's config (`source`: its
+    config entry): each names one table as `schema.table` (PostgreSQL) or `database.table` (MySQL)
+    and matches the source's `tables:` globs. Duplicates are dropped; ConfigError says what is wrong.
+
+    Whether the table exists and has a primary key only the running source can tell: it logs an
+    error naming the table and skips it."""
+    form = "database.table" if getattr(source, "type", "") == "mysql" else "schema.table"
+    if not tables:
+        raise ConfigError(f"name the tables to snapshot with --table {form} (repeatable); source {source.name} captures "
+                          f"{', '.join(source.tables)}")
+    out: list[str] = []
+    for name in tables:
+        if any(ch in name for ch in "*?["):
+            raise ConfigError(f"--table {name}: name one table as {form}, not a pattern")
+        first, _, second = name.partition(".")
+        if not first or not second:
+            raise ConfigError(f"--table {name}: name the table as {form}")
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in source.tables):
+            raise ConfigError(f"table {name} is not captured by source {source.name}: it matches none of its tables: "
+                              f"{', '.join(source.tables)}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 async def send_request(broker: BrokerConfig, source: str, request: SnapshotRequest) -> None:

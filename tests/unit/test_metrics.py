@@ -15,7 +15,7 @@ from lakeward.core.errors import ConfigError
 
 OURS = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
 LABELS = {"source", "sink", "table", "op", "partition", "kind", "worker", "type"}
-UNITS = ("_seconds", "_bytes", "_messages", "_events", "_tables", "_ready")
+UNITS = ("_seconds", "_bytes", "_messages", "_events", "_tables", "_ready", "_rows_estimate", "_running")
 
 
 def _families(metric: MetricWrapperBase) -> list:
