@@ -118,14 +118,18 @@ def open_snapshots(cfg: MySQLSourceConfig, server: Server, n: int) -> tuple[list
     try:
         if not server.is_mariadb:
             return conns, _under_read_lock(cfg, conns[0], lambda: _mysql_start(conns, server))
-        for _ in range(SAME_POINT_ATTEMPTS if n > 1 else 1):
+        for attempt in range(SAME_POINT_ATTEMPTS if n > 1 else 1):
             point = _mariadb_start(conns)
             if point is not None:
+                if attempt:
+                    log.info("MariaDB at %s: %d snapshots agreed on a binlog position at attempt %d", cfg.where, n, attempt + 1)
                 return conns, point
             for c in conns:
                 c.rollback()
         try:
             point = _under_read_lock(cfg, conns[0], lambda: _mariadb_start(conns), missing_ok=True)
+            log.info("MariaDB at %s: opened %d snapshots under a brief FLUSH TABLES WITH READ LOCK (without it they "
+                     "disagreed on the binlog position %d times)", cfg.where, n, SAME_POINT_ATTEMPTS)
         except _NoReload:
             log.warning("MariaDB at %s: %d consistent snapshots opened at once never agreed on a binlog position (writes "
                         "kept coming) and user %r may not FLUSH TABLES WITH READ LOCK to open them together: the snapshot "
