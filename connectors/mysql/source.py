@@ -38,7 +38,7 @@ from lakeward.core import broker as kafka
 from lakeward.core import metrics
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SourceSetupError
-from lakeward.core.snapshot import IncrementalJob
+from lakeward.core.snapshot import IncrementalJob, TableProgress
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,8 @@ class MySQLSource(Source):
             info.update(confirmed_flush_lsn=f"{state.resume.file}:{state.resume.pos}" if state.resume else None,
                         gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
                         snapshot_done=state.snapshot_done, active=self.reader is not None and self.reader.is_alive())
+            info["snapshot"] = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
+                                for t, p in sorted(state.progress.items())]
         if self.reader is not None and self.reader.is_alive():
             st = self.reader.stats
             info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
