@@ -19,7 +19,8 @@ file and 2 × the row's index in the event (+1 for the create half of a primary-
 field comes from the binlog itself, so a restarted source re-publishes a transaction with the same
 positions and sinks drop the repeats; table filters don't change them either. A snapshot taken at
 binlog position P has positions (file, P, 0, sequence, 0): after everything before P, before the
-transaction starting at P.
+transaction starting at P; the sequence is 0 for the table's `t` event, then chunk << 32 | row in
+chunk + 1 (chunks are read by several connections at P and published in order, see snapshot.py).
 """
 
 from __future__ import annotations
