@@ -10,7 +10,7 @@ A batch is a list of items:
   History(entry)                 write this schema history entry before the events that follow
   Commit(resume, tables)         a transaction boundary: once everything before it is acknowledged,
                                  `resume` may be written to the state topic
-  SnapshotBegin / TableDone / SnapshotDone   snapshot bookkeeping for the state topic
+  SnapshotBegin / ChunkDone / TableDone / SnapshotDone   snapshot bookkeeping for the state topic
   Failed(exc), Finished          the thread's end
 
 Positions (core.events.Position.mysql): binlog file index, position of the transaction's first event
@@ -19,7 +19,8 @@ file and 2 × the row's index in the event (+1 for the create half of a primary-
 field comes from the binlog itself, so a restarted source re-publishes a transaction with the same
 positions and sinks drop the repeats; table filters don't change them either. A snapshot taken at
 binlog position P has positions (file, P, 0, sequence, 0): after everything before P, before the
-transaction starting at P.
+transaction starting at P; the sequence is 0 for the table's `t` event, then chunk << 32 | row in
+chunk + 1 (chunks are read by several connections at P and published in order, see snapshot.py).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from __future__ import annotations
 import logging
 import queue
 import re
+from collections import deque
 import struct
 import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Callable
 
 import orjson
@@ -48,7 +51,7 @@ from lakeward.connectors.mysql import catalog, snapshot, tables
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import HistoryEntry, SchemaHistory, clean, parse_ddl, rewrites_rows
-from lakeward.connectors.mysql.snapshot import BinlogPoint, file_index
+from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress, file_index
 from lakeward.connectors.mysql.tables import TableInfo
 from lakeward.core import metrics, progress
 from lakeward.core.errors import ConnectionFailed, SourceSetupError, TerminalError, TransientError
@@ -82,6 +85,8 @@ ANONYMOUS_GTID_EVENT = 0x22
 
 _USE = re.compile(r"^use `((?:[^`]|``)*)`;\s*", re.I)  # SHOW BINLOG EVENTS' Info of a Query event
 _POS_HEAD = struct.Struct(">IQBQ")
+_SNAPSHOT_HEAD = struct.Struct(">IQB")  # Position.mysql's file index, binlog position, phase
+_SNAPSHOT_SEQ = struct.Struct(">QI")  # ... and its sequence, row
 _U32 = struct.Struct(">I")
 
 
@@ -123,6 +128,13 @@ class TableDone:
 
 
 @dataclass(frozen=True)
+class ChunkDone:
+    table: str
+    progress: ChunkProgress
+    """The table's progress once everything before this item is acknowledged."""
+
+
+@dataclass(frozen=True)
 class SnapshotDone:
     tables: Tables
 
@@ -153,14 +165,17 @@ class _NeedSnapshot(Exception):
 
 @dataclass
 class Plan:
-    """What the thread does: snapshot `snapshot_tables` (at a fresh consistent point), then stream
-    from `start` (the snapshot's point when None and there is a snapshot, else the binlog's end)."""
+    """What the thread does: snapshot `snapshot_tables` (at a fresh consistent point, recording chunk
+    progress), then stream from `start` (the snapshot's point when None and there is a snapshot, else
+    the binlog's end). A resumed initial snapshot has `start` (its original point) and the tables
+    that were not read yet."""
 
     snapshot_tables: list[tuple[str, str]]
     start: BinlogPoint | None
     tables: Tables
     """Tables established in the lake (see Tables)."""
     initial: bool = False
+    """The initial snapshot (or what a restart has left of it): ends with SnapshotDone."""
 
 
 @dataclass
@@ -173,6 +188,31 @@ class Stats:
     event_ts: float | None = 0.0
     """Binlog timestamp (Unix seconds) of the last rows event read (0: none yet); None once a heartbeat
     showed the reader at the binlog's end (for lakeward_source_lag_seconds)."""
+
+
+@dataclass(eq=False)
+class _TableRead:
+    """A table of a snapshot being read: planned on a pool thread, then submitted chunk by chunk."""
+
+    db: str
+    table: str
+    pool: InitVar[snapshot.ChunkPool]
+    future: Future = field(init=False)
+    plan: snapshot.TablePlan | None = None
+    entry: HistoryEntry = field(init=False)
+    info: TableInfo = field(init=False)
+    convert: snapshot.Convert = field(init=False)
+    submitted: int = 0
+    rows: int = 0
+    after: list[Any] | None = None
+    started: float = 0.0
+
+    def __post_init__(self, pool: snapshot.ChunkPool) -> None:
+        self.future = pool.plan(self.db, self.table)
+
+    @property
+    def name(self) -> str:
+        return f"{self.db}.{self.table}"
 
 
 class Reader(threading.Thread):
@@ -255,9 +295,11 @@ class Reader(threading.Thread):
         try:
             self._meta = catalog.connect(self.cfg)
             start = self.plan.start
-            if self.plan.snapshot_tables or self.plan.initial:
-                point = self._snapshot(self.plan.snapshot_tables, initial=self.plan.initial)
+            if self.plan.snapshot_tables:
+                point = self._snapshot(self.plan.snapshot_tables, initial=self.plan.initial, record_progress=True)
                 start = start or point
+            elif self.plan.initial and start is not None:
+                self._emit(SnapshotDone(self._tables_now()))  # a resumed snapshot whose tables were all read
             if start is None:
                 start = BinlogPoint(*catalog.master_status(self._meta, self.server))
                 self._record_definitions(start)
@@ -304,95 +346,168 @@ class Reader(threading.Thread):
 
     # --- snapshot ---------------------------------------------------------------------------------
 
-    def _snapshot(self, wanted: list[tuple[str, str]], *, initial: bool) -> BinlogPoint:
-        """Read `wanted` in one consistent snapshot; returns its binlog point."""
+    def _snapshot(self, wanted: list[tuple[str, str]], *, initial: bool, record_progress: bool = False) -> BinlogPoint:
+        """Read `wanted` in one consistent snapshot (several connections, one binlog point); returns the
+        point. `record_progress`: hand over a ChunkDone after each chunk (the initial snapshot, which resumes
+        from them; a re-read after a DDL starts over instead)."""
         cfg = self.cfg
-        conn, point = snapshot.open_snapshot(cfg, self.server)
-        log.info("source %s: snapshot of %d table(s) at %s:%d%s", cfg.name, len(wanted), point.file, point.pos,
-                 f" (GTID {point.gtid})" if point.gtid else "")
+        conns, point = snapshot.open_snapshots(cfg, self.server, cfg.effective_snapshot_parallelism)
+        log.info("source %s: snapshot of %d table(s) at %s:%d%s with %d connection(s)", cfg.name, len(wanted), point.file, point.pos,
+                 f" (GTID {point.gtid})" if point.gtid else "", len(conns))
+        self._emit(SnapshotBegin(point, initial))
         try:
-            self._emit(SnapshotBegin(point, initial))
-            fi = point.file_index
-            for db, table in wanted:
-                if self.stop_flag.is_set():
-                    raise _Stopped()
-                found = catalog.table_defs(conn, db, table)
-                if found is None:  # dropped meanwhile; the stream will see the DROP
-                    continue
-                defs, pk = found
-                entry = HistoryEntry(db, table, Position.mysql(fi, point.pos, Position.SNAPSHOT, 0, 0), self.history.epoch,
-                                     tuple(defs), tuple(pk))
-                self._record(entry)
-                info = tables.from_entry(cfg.name, self.prefix, entry, self._boolean)
-                self._snapshot_table(conn, info, point)
-                self._set_table(f"{db}.{table}", entry.pos)
-                self._emit(TableDone(f"{db}.{table}", entry.pos.hex()))
-                self._push()
-            if initial:
-                self._emit(SnapshotDone(self._tables_now()))
-            self._push()
-        finally:
-            try:
-                conn.rollback()
-            finally:
-                conn.close()
+            with snapshot.ChunkPool(conns, cfg.snapshot_chunk_rows, self.stop_flag, self.name) as pool:
+                self._read_tables(pool, wanted, point, record_progress)
+        except snapshot.Abandoned:
+            raise _Stopped() from None
+        if initial:
+            self._emit(SnapshotDone(self._tables_now()))
+        self._push()
         return point
 
-    def _snapshot_table(self, conn: pymysql.Connection, info: TableInfo, point: BinlogPoint) -> None:
-        cfg = self.cfg
+    def _read_tables(self, pool: snapshot.ChunkPool, wanted: list[tuple[str, str]], point: BinlogPoint, record_progress: bool) -> None:
+        """Publish the tables' chunks in order while the pool reads up to `pool.size + 1` of them ahead
+        (the reorder buffer: memory is bounded by chunk size x parallelism). The next table is planned
+        while the current table's last chunks are read."""
+        todo = deque(wanted)
+        planned: deque[_TableRead] = deque()  # tables whose chunks are not all submitted yet, in order
+        inflight: deque[snapshot.Chunk] = deque()
+        window = pool.size + 1
+
+        def submit() -> None:
+            """Submit chunks in publish order, as far as the window allows; never waits."""
+            while True:
+                if not planned:
+                    if not todo:
+                        return
+                    planned.append(_TableRead(*todo.popleft(), pool=pool))
+                tr = planned[0]
+                if tr.plan is None:
+                    if not tr.future.done():
+                        return
+                    if not self._planned(tr, pool, point):
+                        planned.popleft()  # dropped meanwhile; the stream will see the DROP
+                        continue
+                assert tr.plan is not None
+                while tr.submitted < tr.plan.chunks and len(inflight) < window:
+                    chunk = snapshot.Chunk(tr.plan, tr.submitted, tr.convert, tr)
+                    pool.read(chunk)
+                    inflight.append(chunk)
+                    tr.submitted += 1
+                if tr.submitted < tr.plan.chunks:
+                    return
+                planned.popleft()
+                if todo:  # plan the next table behind this one's chunks
+                    planned.append(_TableRead(*todo.popleft(), pool=pool))
+
+        while True:
+            submit()
+            if inflight:
+                self._publish_chunk(pool, inflight.popleft(), point, record_progress)
+            elif planned:
+                pool.result(planned[0].future)  # nothing to publish until the next table is planned
+            else:
+                return
+
+    def _planned(self, tr: _TableRead, pool: snapshot.ChunkPool, point: BinlogPoint) -> bool:
+        """Take the table's plan; False when it was dropped."""
+        plan = pool.result(tr.future)
+        if plan is None:
+            return False
+        tr.plan = plan
+        tr.entry = HistoryEntry(plan.db, plan.table, Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0),
+                                self.history.epoch, tuple(plan.defs), tuple(plan.pk))
+        tr.info = tables.from_entry(self.cfg.name, self.prefix, tr.entry, self._boolean)
+        tr.convert = self._row_events(tr.info, point)
+        return True
+
+    def _publish_chunk(self, pool: snapshot.ChunkPool, chunk: snapshot.Chunk, point: BinlogPoint, record_progress: bool) -> None:
+        tr: _TableRead = chunk.owner
+        info, name, cfg = tr.info, tr.name, self.cfg
+        if chunk.index == 0:
+            self._start_table(tr, point)
+        snapshot_rows = self._metrics.snapshot_rows(name)
+        for piece in pool.pieces(chunk):
+            self._hand_over(piece)
+            n = len(piece)
+            self._count(info, "r", n)
+            snapshot_rows.inc(n)
+            progress.snapshots.advance(cfg.name, name, n)
+        tr.rows += chunk.rows
+        if chunk.last_key is not None and tr.plan.bounds is not None:
+            tr.after = snapshot.key_to_json(chunk.last_key)
+        if chunk.index == tr.plan.chunks - 1:
+            self._set_table(name, tr.entry.pos)
+            self._emit(TableDone(name, tr.entry.pos.hex()))
+            self._push()
+            progress.snapshots.finish(cfg.name, name)
+            log.info("source %s: snapshot of %s: %d rows in %d chunk(s), %.1fs", cfg.name, name, tr.rows, tr.plan.chunks,
+                     time.monotonic() - tr.started)
+        elif record_progress:
+            self._emit(ChunkDone(name, snapshot.ChunkProgress(tr.entry.pos.hex(), tr.plan.chunks, chunk.index + 1, tr.after, tr.rows)))
+
+    def _hand_over(self, events: list) -> None:
+        """Hand a chunk reader's piece over as a batch of its own (after what is batched before it)."""
+        self._push()
+        self._batch = events
+        self._push()
+
+    def _start_table(self, tr: _TableRead, point: BinlogPoint) -> None:
+        """The table's schema, history entry and `t` event, before its first chunk."""
+        info = tr.info
+        tr.started = time.monotonic()
+        self._record(tr.entry)
         self._announce(info)
-        fi, spos = point.file_index, point.pos
         now = int(time.time() * 1000)
-        gtid, file = orjson.dumps(point.gtid or None), orjson.dumps(point.file)
-
-        def source(kind: bytes) -> bytes:
-            return info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-                self.server.server_id, now, kind, gtid, file, spos)
-
-        headers_sid = info.schema_id
-        topic = info.topic
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
-        self._emit((topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (source(b"first"), now),
-                    [(POSITION_HEADER, Position.mysql(fi, spos, Position.SNAPSHOT, 0, 0)), (SCHEMA_HEADER, headers_sid)]))
+        self._emit((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (
+            self._snapshot_source(info, point, b"first"), now),
+            [(POSITION_HEADER, Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)), (SCHEMA_HEADER, info.schema_id)]))
         self._count(info, "t", 1)
-        snapshot_rows = self._metrics.snapshot_rows(f"{info.db}.{info.table}")
-        src = source(b"true")
+        progress.snapshots.start(self.cfg.name, tr.name, tr.plan.estimate)
+
+    def _snapshot_source(self, info: TableInfo, point: BinlogPoint, kind: bytes) -> bytes:
+        return info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
+            self.server.server_id, int(time.time() * 1000), kind, orjson.dumps(point.gtid or None), orjson.dumps(point.file), point.pos)
+
+    def _row_events(self, info: TableInfo, point: BinlogPoint) -> snapshot.Convert:
+        """The chunk readers' conversion of snapshot rows into `r` events (runs on the pool's threads).
+        Positions: (file, P, snapshot, chunk << 32 | row in chunk + 1, 0): increasing in publish order,
+        the same when a chunk is read again at the same point."""
         names = [d.name for d in info.defs]
         convs = info.snapshot_converters(self._boolean)
-        key = info.key
+        topic, sid_header = info.topic, (SCHEMA_HEADER, info.schema_id)
+        head = _SNAPSHOT_HEAD.pack(point.file_index, point.pos, Position.SNAPSHOT)
+        seq_tail = _SNAPSHOT_SEQ.pack
+        src_part = b',"source":' + self._snapshot_source(info, point, b"true") + b',"op":"r","ts_ms":'
+        pk = info.pk
+        key_at = [names.index(k) for k in pk]
         dumps = orjson.dumps
-        seq = 0
-        started = time.monotonic()
-        batch = self._batch
-        bars, name = progress.snapshots, f"{info.db}.{info.table}"
-        estimate = catalog.query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-                                 (info.db, info.table))
-        bars.start(cfg.name, name, int(estimate[0][0] or 0) if estimate else None)
-        for chunk in snapshot.read_table(conn, info.db, info.table, info.defs, info.pk, cfg.snapshot_chunk_rows):
-            if self.stop_flag.is_set():
-                raise _Stopped()
-            now = int(time.time() * 1000)
-            for values in chunk:
+
+        def convert(index: int, first: int, rows: list[tuple]) -> list[tuple]:
+            tail = src_part + b"%d}" % int(time.time() * 1000)
+            seq = (index << 32) + first
+            out = []
+            append = out.append
+            for values in rows:
                 if convs:
                     values = list(values)
                     for i, conv in convs:
                         v = values[i]
                         if v is not None:
                             values[i] = conv(v)
-                row = dict(zip(names, values))
+                after = dumps(dict(zip(names, values)))
+                if len(key_at) == 1:
+                    key = dumps({pk[0]: values[key_at[0]]})
+                elif key_at:
+                    key = dumps({k: values[i] for k, i in zip(pk, key_at)})
+                else:
+                    key = after  # key_function(()): the whole row
                 seq += 1
-                batch.append((topic, key(row), b'{"before":null,"after":%b,"source":%b,"op":"r","ts_ms":%d}' % (dumps(row), src, now),
-                              [(POSITION_HEADER, Position.mysql(fi, spos, Position.SNAPSHOT, seq, 0)), (SCHEMA_HEADER, headers_sid)]))
-                if len(batch) >= BATCH_ITEMS:
-                    self._push()
-                    batch = self._batch
-            self._count(info, "r", len(chunk))
-            snapshot_rows.inc(len(chunk))
-            bars.advance(cfg.name, name, len(chunk))
-            self._push()
-            batch = self._batch
-        bars.finish(cfg.name, name)
-        log.info("source %s: snapshot of %s.%s: %d rows in %.1fs", cfg.name, info.db, info.table, seq, time.monotonic() - started)
+                append((topic, key, b'{"before":null,"after":' + after + tail, [(POSITION_HEADER, head + seq_tail(seq, 0)), sid_header]))
+            return out
+
+        return convert
 
     # --- stream -----------------------------------------------------------------------------------
 

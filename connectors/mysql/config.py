@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from lakeward.core.config import PluginConfig
+from lakeward.core.snapshot import default_parallelism
 
 
 class MySQLSourceConfig(PluginConfig):
@@ -34,7 +35,12 @@ class MySQLSourceConfig(PluginConfig):
     stream from exactly there. `never`: changes only, from the binlog's current end (a table is
     still read again after DDL that rewrote its rows without row events, or renamed it)."""
     snapshot_chunk_rows: int = Field(default=10_000, ge=10)
-    """Rows read per snapshot query (keyset pagination over the primary key)."""
+    """Rows per snapshot chunk: chunk boundaries are every `snapshot_chunk_rows`-th primary key,
+    sampled inside the consistent snapshot; a table without a primary key is one chunk (a full scan)."""
+    snapshot_parallelism: int | None = Field(default=None, ge=1, le=64)
+    """Connections reading the initial snapshot at once, all at one binlog position (chunks are
+    published in order per table). Default: the machine's cores, at most 4. MariaDB may fall back to
+    one connection (docs/mysql.md, Snapshot)."""
     status_interval_s: float = Field(default=1.0, gt=0)
     """How often (seconds) the resume position, once the broker acknowledged everything before it,
     is written to the state topic `<prefix>.<source>.__state`."""
@@ -53,6 +59,11 @@ class MySQLSourceConfig(PluginConfig):
         if self.server_id is not None:
             return self.server_id
         return 1_000_000 + zlib.crc32(f"lakeward:{self.name}".encode()) % 1_000_000
+
+    @property
+    def effective_snapshot_parallelism(self) -> int:
+        """`snapshot_parallelism`, or core.snapshot.default_parallelism()."""
+        return self.snapshot_parallelism or default_parallelism()
 
     @property
     def where(self) -> str:

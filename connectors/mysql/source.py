@@ -28,16 +28,17 @@ import orjson
 
 from lakeward.connectors.mysql import catalog
 from lakeward.connectors.mysql.binlog import (
-    FINISHED, Announce, Commit, Failed, History, Plan, Reader, SnapshotBegin, SnapshotDone, TableDone, new_epoch,
+    FINISHED, Announce, ChunkDone, Commit, Failed, History, Plan, Reader, SnapshotBegin, SnapshotDone, TableDone, new_epoch,
 )
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
-from lakeward.connectors.mysql.snapshot import BinlogPoint
+from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress
 from lakeward.core import broker as kafka
 from lakeward.core import metrics
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SourceSetupError
+from lakeward.core.snapshot import IncrementalJob, TableProgress
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,17 @@ class SourceState:
     """The tables established in the lake: `db.table` -> hex position of their last snapshot (or of
     their CREATE TABLE, when created while streaming; "" when never snapshotted)."""
     snapshot_done: bool = False
+    progress: dict[str, ChunkProgress] = field(default_factory=dict)
+    """Tables of the initial snapshot read in part: chunks done (acknowledged) so far. A restart goes
+    on from them (docs/mysql.md, Snapshot); a table leaves it when it is done."""
+    jobs: list[IncrementalJob] = field(default_factory=list)
+    """Incremental snapshots to run while streaming (also the rest of a resumed initial snapshot)."""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"epoch": self.epoch, "server": self.server, "resume": self.resume.to_dict() if self.resume else None,
                              "tables": dict(sorted(self.tables.items())), "snapshot_done": self.snapshot_done,
+                             "progress": {t: p.to_dict() for t, p in sorted(self.progress.items())},
+                             "jobs": [j.to_dict() for j in self.jobs],
                              "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     @classmethod
@@ -73,7 +81,8 @@ class SourceState:
         if isinstance(tables, list):
             tables = {t: "" for t in tables}
         return cls(d["epoch"], d["server"], BinlogPoint.from_dict(d["resume"]) if d.get("resume") else None, dict(tables),
-                   bool(d.get("snapshot_done")))
+                   bool(d.get("snapshot_done")), {t: ChunkProgress.from_dict(p) for t, p in (d.get("progress") or {}).items()},
+                   [IncrementalJob.from_dict(j) for j in d.get("jobs") or []])
 
 
 class MySQLSource(Source):
@@ -86,6 +95,9 @@ class MySQLSource(Source):
         self.history_topic = f"{self.prefix}.{config.name}.__schema_history"
         self.events_published = 0
         self.reader: Reader | None = None
+        self._chunks_done: dict[str, ChunkProgress] = {}
+        """Chunk progress handed over, waiting for the broker's ack before it goes into the state."""
+        self._progress_written = 0.0
         self._metrics = metrics.SourceMetrics(config.name, broker.topic_prefix)
 
     # --- public contract ---------------------------------------------------------------------
@@ -142,6 +154,8 @@ class MySQLSource(Source):
             info.update(confirmed_flush_lsn=f"{state.resume.file}:{state.resume.pos}" if state.resume else None,
                         gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
                         snapshot_done=state.snapshot_done, active=self.reader is not None and self.reader.is_alive())
+            info["snapshot"] = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
+                                for t, p in sorted(state.progress.items())]
         if self.reader is not None and self.reader.is_alive():
             st = self.reader.stats
             info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
@@ -188,6 +202,7 @@ class MySQLSource(Source):
 
     async def _run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        self._chunks_done.clear()  # a previous run's, never acknowledged
         state = await self._read_state()
         server, tables = await asyncio.to_thread(self._check_blocking, state)
         metrics.HEALTH.worker("source", cfg.name).ok("database")
@@ -202,11 +217,21 @@ class MySQLSource(Source):
                 state.tables = {n: "" for n in names}
                 plan = Plan([], None, dict(state.tables))
         else:
+            self._state = state
+            if carry_on_snapshot(state, names):
+                for job in state.jobs:
+                    if job.reason == "resume":
+                        log.info("source %s: %s was snapshotted in part; the rest (keys after %s) is read while streaming",
+                                 cfg.name, job.table, job.after)
+                await self._write_state()
             pending = [(d, t) for d, t in tables if f"{d}.{t}" not in state.tables]
             if pending and cfg.snapshot == "initial":
                 log.info("source %s: snapshotting %d table(s) not in the lake yet: %s", cfg.name, len(pending),
                          ", ".join(f"{d}.{t}" for d, t in pending))
-                plan = Plan(pending, state.resume, dict(state.tables))
+                # Streaming goes on from the original point; the sinks drop these tables' events before the new one.
+                plan = Plan(pending, state.resume, dict(state.tables), initial=not state.snapshot_done)
+            elif not state.snapshot_done:
+                plan = Plan([], state.resume, dict(state.tables), initial=True)
             else:
                 state.tables.update({f"{d}.{t}": "" for d, t in pending})
                 plan = Plan([], state.resume, dict(state.tables))
@@ -273,12 +298,17 @@ class MySQLSource(Source):
                             # The stream starts at the first snapshot's point, also if it restarts.
                             self._state.resume = item.point
                             await self._write_state()
+                    elif isinstance(item, ChunkDone):
+                        self._chunks_done[item.table] = item.progress
+                        if time.monotonic() - self._progress_written >= cfg.status_interval_s:
+                            await self._write_progress()
                     elif isinstance(item, TableDone):
-                        await publisher.flush()
+                        await self._write_progress(written=False)
+                        self._state.progress.pop(item.table, None)
                         self._state.tables[item.table] = item.pos
                         await self._write_state()
                     elif isinstance(item, SnapshotDone):
-                        await publisher.flush()
+                        await self._write_progress(written=False)
                         self._state.snapshot_done = True
                         self._state.tables.update(item.tables)
                         await self._write_state()
@@ -304,12 +334,27 @@ class MySQLSource(Source):
                     await self._checkpoint(pending)
                 last_checkpoint = now
 
+    async def _write_progress(self, *, written: bool = True) -> None:
+        """Wait for the broker to acknowledge everything handed over, then take the chunk progress
+        handed over before it into the state (and write it, unless the caller writes it next).
+        Batched to one write per status_interval_s when chunks are small."""
+        await self._publisher.flush()
+        self._state.progress.update(self._chunks_done)
+        self._chunks_done.clear()
+        if written:
+            await self._write_state()
+        self._progress_written = time.monotonic()
+
     async def _checkpoint(self, commit: Commit | None) -> None:
         """Wait for the broker to acknowledge everything handed over, then store the resume position."""
         await self._publisher.flush()
+        chunks_done = bool(self._chunks_done)
+        self._state.progress.update(self._chunks_done)
+        self._chunks_done.clear()
         if commit is not None:
             self._state.resume = commit.resume
             self._state.tables = dict(commit.tables)
+        if commit is not None or chunks_done:
             await self._write_state()
 
     # --- state topic -------------------------------------------------------------------------
@@ -320,6 +365,27 @@ class MySQLSource(Source):
     async def _read_state(self) -> SourceState | None:
         value = await self.state.read()
         return SourceState.from_json(value) if value is not None else None
+
+
+def carry_on_snapshot(state: SourceState, captured: set[str]) -> bool:
+    """After a restart, turn the chunk progress of tables a snapshot read in part (its consistent point
+    is gone) into what continues it: a table with a key goes on with an IncrementalJob(reason="resume")
+    after its last acknowledged key, while streaming from the original point; a table without one
+    leaves `tables` out and is read whole at a new point. Finished tables stay finished, done chunks are
+    never read again. Returns whether the state changed."""
+    if not state.progress:
+        return False
+    for name, p in sorted(state.progress.items()):
+        if name not in captured:
+            continue
+        if p.chunks_done >= p.chunks:
+            state.tables[name] = p.pos
+        elif p.chunks_done and p.after is not None:
+            state.tables[name] = p.pos
+            if not any(j.table == name and j.reason == "resume" for j in state.jobs):
+                state.jobs.append(IncrementalJob("resume", name, "resume", after=list(p.after)))
+    state.progress = {}
+    return True
 
 
 def bytes_behind(binary_logs: list[tuple], file: str, pos: int) -> int:
