@@ -27,6 +27,8 @@ class PostgresSourceConfig(PluginConfig):
     (a table is still read again after a schema change that rewrote its rows without row events)."""
     snapshot_fetch_rows: int = Field(default=20_000, ge=100)
     """Rows fetched per round trip while snapshotting."""
+    snapshot_chunk_rows: int = Field(default=50_000, ge=100)
+    """Rows per snapshot chunk."""
     status_interval_s: float = Field(default=1.0, gt=0)
     """How often (seconds) to confirm the acknowledged LSN to PostgreSQL."""
     heartbeat_interval_s: float = Field(default=10.0, ge=0)
