@@ -57,6 +57,12 @@ XID_RING_SIZE = 1 << 16
 its commit record was decoded only for the instant between writing that record and leaving the
 process array, so the ring need only cover the transactions of a moment."""
 _R, _T = OP_READ.encode(), OP_TRUNCATE.encode()
+_EMIT_WATERMARK = ("SELECT set_config('synchronous_commit', 'on', true), pg_logical_emit_message(false, %s, %s), "
+                   "pg_current_xact_id()")
+"""A non-transactional message is not flushed to the WAL (before PostgreSQL 17's `flush` argument), so
+the walsender would send it only after the WAL writer's next round (wal_writer_delay, 200 ms): the
+xid makes the statement commit, and a commit with synchronous_commit on (whatever the server's
+default) flushes the WAL up to itself. pgoutput sends nothing for that empty transaction."""
 _U32_MASK = 0xFFFFFFFF
 _JOB_SQLSTATE_CLASSES = ("42", "22", "0A", "25", "2B", "P0", "39", "38")
 """SQL errors that re-reading cannot fix (syntax, unknown column or table, bad data, a where that
@@ -292,6 +298,7 @@ class IncrementalSnapshots:
             task = c.task
             assert task is not None
             if c.retry is not None:
+                log.debug("source %s: incremental snapshot of %s: reading chunk %d again: %s", self.name, c.job.table, c.job.chunks + 1, c.retry)
                 self._cancel()  # read it again at once: its watermark, if any, will be ignored
             elif not task.done():
                 return  # reading
@@ -386,6 +393,7 @@ class IncrementalSnapshots:
             if f"{t.schema.schema}.{t.schema.table}" == job.table:
                 t.watch = self._watch
         c.task = asyncio.create_task(self._read(c), name=f"lakeward incremental {job.table}")
+        log.debug("source %s: incremental snapshot of %s: chunk %d starts after %s", self.name, job.table, job.chunks + 1, job.after)
 
     def _end_chunk(self) -> None:
         """The pending chunk is over: stop noting its table's changes."""
@@ -447,7 +455,7 @@ class IncrementalSnapshots:
             raise
         if c.rows:
             content = orjson.dumps({"source": self.name, "job": job.id, "table": job.table, "chunk": job.chunks + 1, "nonce": c.nonce})
-            await conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (WATERMARK_PREFIX, content.decode()))
+            await conn.execute(_EMIT_WATERMARK, (WATERMARK_PREFIX, content.decode()))
 
     async def _rows(self, conn: psycopg.AsyncConnection, sql: str, after: list[Any], t: _Table,
                     key_at: list[int]) -> tuple[list[tuple[bytes, dict]], list[Any] | None, _Table]:
@@ -473,6 +481,8 @@ class IncrementalSnapshots:
         src._now_ms = int(time.time() * 1000)
         head = t.source_head(src._now_ms, "incremental", None)
         rows = c.publishable()
+        log.debug("source %s: incremental snapshot of %s: chunk %d at %s: %d of %d rows (snapshot %s)", self.name, job.table, job.chunks + 1,
+                  hw_lsn, len(rows), len(c.rows or ()), c.snapshot)
         for seq, (key, row) in enumerate(rows, 1):
             src._emit(t, _R, key, None, row, head, hw_lsn, Position.postgres(hw_lsn, Position.SNAPSHOT, seq))
             if publisher.has_full:
