@@ -35,7 +35,7 @@ class PostgresSourceConfig(PluginConfig):
     """Idle heartbeat (seconds): write a tiny logical message so an idle database's slot keeps
     advancing when other databases on the cluster write WAL. 0 disables it."""
     table_refresh_interval_s: float = Field(default=10.0, gt=0)
-    """How often (seconds) to look for new tables matching `tables`."""
+    """How often (seconds) to look for new tables matching `tables`, and for snapshot requests (`lakeward snapshot`)."""
 
     @property
     def slot_name(self) -> str:

@@ -346,7 +346,10 @@ class IncrementalSnapshots:
 
     async def stop(self) -> None:
         """The stream ends: drop the chunk in flight (its progress was never written), close up."""
+        task = self._chunk.task if self._chunk is not None else None
         self._cancel()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
         if self._inbox is not None:
             inbox, self._inbox = self._inbox, None
             await inbox.stop()

@@ -190,7 +190,8 @@ class PostgresSource(Source):
                 "FROM pg_replication_slots WHERE slot_name = %s", (self.config.slot_name,)
             )).fetchone()
             estimates = dict(await (await conn.execute(
-                "SELECT t, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(t)) FROM unnest(%s::text[]) t",
+                "SELECT t, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+                "quote_ident(split_part(t, '.', 1)) || '.' || quote_ident(substr(t, strpos(t, '.') + 1)))) FROM unnest(%s::text[]) t",
                 ([j.table for j in jobs],))).fetchall()) if jobs else {}
             refused = incremental.unsupported_reason(conn.info.server_version)
         finally:
