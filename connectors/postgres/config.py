@@ -27,13 +27,15 @@ class PostgresSourceConfig(PluginConfig):
     (a table is still read again after a schema change that rewrote its rows without row events)."""
     snapshot_fetch_rows: int = Field(default=20_000, ge=100)
     """Rows fetched per round trip while snapshotting."""
+    snapshot_chunk_rows: int = Field(default=50_000, ge=100)
+    """Rows per snapshot chunk."""
     status_interval_s: float = Field(default=1.0, gt=0)
     """How often (seconds) to confirm the acknowledged LSN to PostgreSQL."""
     heartbeat_interval_s: float = Field(default=10.0, ge=0)
     """Idle heartbeat (seconds): write a tiny logical message so an idle database's slot keeps
     advancing when other databases on the cluster write WAL. 0 disables it."""
     table_refresh_interval_s: float = Field(default=10.0, gt=0)
-    """How often (seconds) to look for new tables matching `tables`."""
+    """How often (seconds) to look for new tables matching `tables`, and for snapshot requests (`lakeward snapshot`)."""
 
     @property
     def slot_name(self) -> str:

@@ -128,8 +128,11 @@ class ReplicationConnection:
     async def drop_slot(self, slot: str) -> None:
         await self.conn.execute(f"DROP_REPLICATION_SLOT {slot} WAIT")
 
-    async def start(self, slot: str, lsn: int, publication: str) -> None:
+    async def start(self, slot: str, lsn: int, publication: str, *, messages: bool = False) -> None:
+        """`messages`: also stream logical decoding messages (pg_logical_emit_message; PostgreSQL 14+)."""
         options = f"proto_version '1', publication_names {quote_literal(publication)}"
+        if messages:
+            options += ", messages 'true'"
         self.pg.send_query(f"START_REPLICATION SLOT {slot} LOGICAL {lsn_to_str(lsn)} ({options})".encode())
         self.pg.nonblocking = 1
         await self._flush()

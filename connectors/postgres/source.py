@@ -24,7 +24,7 @@ import orjson
 import psycopg
 from psycopg.types.string import TextLoader
 
-from lakeward.connectors.postgres import catalog, pgoutput
+from lakeward.connectors.postgres import catalog, incremental, pgoutput
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
 from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, SlotInfo, get_slot, keepalive, xlog_start
@@ -33,6 +33,7 @@ from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SchemaChangeError, SourceSetupError
+from lakeward.core.snapshot import IncrementalJob
 from lakeward.core.events import (
     NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
@@ -84,6 +85,8 @@ class _Table:
     """A re-read of the table is pending (its schema changed): its changes until then are in the re-read,
     which sorts after them, so none is published and the first event of the new schema is the re-read's
     `t` (a mirror may then rebuild the table with changed column types)."""
+    watch: Callable[[bytes, bytes], None] | None = None
+    """Sees (op, key) of every event of the table while an incremental snapshot chunk of it is pending."""
 
     def __post_init__(self) -> None:
         self.columns = list(zip(self.names, self.converters))
@@ -115,16 +118,22 @@ class _SnapshotState:
     reread: list[str] = field(default_factory=list)
     """Tables (`schema.table`) a schema change requires to be read again: recorded before any LSN
     past the change is confirmed, cleared once the re-read is published."""
+    jobs: list[IncrementalJob] = field(default_factory=list)
+    """Incremental snapshots not finished yet, with their progress as the broker acknowledged it."""
+    signals_offset: int = 0
+    """Offset of the signal topic after the last request turned into jobs (see core.snapshot.SignalInbox)."""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"slot": self.slot, "consistent_lsn": lsn_to_str(self.consistent_lsn), "done": self.done, "tables": self.tables,
-                             "shapes": {str(relid): s.to_json() for relid, s in self.shapes.items()}, "reread": self.reread})
+                             "shapes": {str(relid): s.to_json() for relid, s in self.shapes.items()}, "reread": self.reread,
+                             "jobs": [j.to_dict() for j in self.jobs], "signals_offset": self.signals_offset})
 
     @classmethod
     def from_json(cls, value: bytes) -> _SnapshotState:
         d = orjson.loads(value)
         shapes = {int(relid): catalog.TableShape.from_json(s) for relid, s in d.get("shapes", {}).items()}
-        return cls(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []), shapes, d.get("reread", []))
+        return cls(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []), shapes, d.get("reread", []),
+                   [IncrementalJob.from_dict(j) for j in d.get("jobs", [])], int(d.get("signals_offset", 0)))
 
 
 class _NewTables(Exception):
@@ -159,6 +168,7 @@ class PostgresSource(Source):
         """Per relid, the shape recorded in the state document (see _SnapshotState.shapes)."""
         self._reread: set[str] = set()
         """Tables to read again (see _SnapshotState.reread)."""
+        self._incremental = incremental.IncrementalSnapshots(self)
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -171,18 +181,26 @@ class PostgresSource(Source):
             await conn.close()
 
     async def status(self) -> dict[str, Any]:
+        value = await self.state.read()
+        jobs = _SnapshotState.from_json(value).jobs if value is not None else []
         conn = await catalog.connect(self.config.dsn)
         try:
             row = await (await conn.execute(
                 "SELECT confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, active "
                 "FROM pg_replication_slots WHERE slot_name = %s", (self.config.slot_name,)
             )).fetchone()
+            estimates = dict(await (await conn.execute(
+                "SELECT t, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
+                "quote_ident(split_part(t, '.', 1)) || '.' || quote_ident(substr(t, strpos(t, '.') + 1)))) FROM unnest(%s::text[]) t",
+                ([j.table for j in jobs],))).fetchall()) if jobs else {}
+            refused = incremental.unsupported_reason(conn.info.server_version)
         finally:
             await conn.close()
+        snapshot = [incremental.job_progress(j, estimates.get(j.table), refused).to_dict() for j in jobs]
         if row is None:
-            return {"source": self.config.name, "slot": self.config.slot_name, "exists": False}
+            return {"source": self.config.name, "slot": self.config.slot_name, "exists": False, "snapshot": snapshot}
         return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],
-                "lag_bytes": row[1], "active": row[2]}
+                "lag_bytes": row[1], "active": row[2], "snapshot": snapshot}
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -404,6 +422,8 @@ class PostgresSource(Source):
         self._publisher.append(t.topic, key, value, headers)
         self.events_published += 1
         t.counts[op] += 1
+        if t.watch is not None:
+            t.watch(op, key)
 
     # --- snapshot ----------------------------------------------------------------------------
 
@@ -469,8 +489,9 @@ class PostgresSource(Source):
         self._relations.clear()
         self._confirmed = max(self._confirmed, start_lsn)
         publisher = self._publisher
+        incr = self._incremental
         try:
-            await repl.start(cfg.slot_name, start_lsn, cfg.publication_name)
+            await repl.start(cfg.slot_name, start_lsn, cfg.publication_name, messages=incr.unsupported is None)
             log.info("source %s: streaming from %s", cfg.name, lsn_to_str(start_lsn))
             safe_lsn = self._confirmed  # everything up to here was processed (not necessarily acked yet)
             in_txn = False
@@ -502,6 +523,7 @@ class PostgresSource(Source):
                         if isinstance(m, pgoutput.Begin):
                             in_txn = True
                             txn.begin(m.final_lsn, m.xid, (m.commit_ts_us + PG_EPOCH_US) // 1000)
+                            incr.begin(m.xid)
                         elif isinstance(m, pgoutput.Commit):
                             in_txn, safe_lsn = False, m.end_lsn
                             if self._reread:
@@ -514,6 +536,7 @@ class PostgresSource(Source):
                             await self._relation(m.relid, f"{m.namespace}.{m.name}", cols, txn.lsn)
                             t = self._relations[m.relid] = await self._table(self._meta, m.relid, m.namespace, m.name, cols)
                             t.muted = f"{m.namespace}.{m.name}" in self._reread
+                            incr.relation(t, f"{m.namespace}.{m.name}")
                             txn.heads.pop(m.relid, None)
                         elif isinstance(m, pgoutput.Truncate):
                             lsn = xlog_start(buf)
@@ -524,6 +547,8 @@ class PostgresSource(Source):
                                     continue
                                 self._emit(t, _T, TRUNCATE_KEY, None, None, txn.head(t, relid), lsn,
                                            _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                        elif isinstance(m, pgoutput.Message):
+                            await incr.message(m)  # a watermark publishes its chunk; heartbeats are ignored
                     if data:
                         last_data = time.monotonic()
                         if txn.commit_ms:
@@ -545,11 +570,13 @@ class PostgresSource(Source):
                     await self._confirm(repl, safe_lsn)
                     last_status = now
                     waiting_since, sent_mark = None, publisher.appended
+                    await incr.tick()
                 if cfg.heartbeat_interval_s and now - last_data >= cfg.heartbeat_interval_s:
                     await self._heartbeat()
                     last_data = now
                 if now - last_refresh >= cfg.table_refresh_interval_s and not in_txn:
                     last_refresh = now
+                    await incr.poll()  # snapshot requests
                     # Schema changes whose Relation message has not come (no write to the table since).
                     await self._check_shapes(list(self._shapes), None)
                     if self._reread:
@@ -563,6 +590,7 @@ class PostgresSource(Source):
             # Stopping: publish what was read and confirm whole transactions only.
             await self._confirm(repl, safe_lsn)
         finally:
+            await incr.stop()
             await repl.close()
 
     # --- schema changes ------------------------------------------------------------------------
