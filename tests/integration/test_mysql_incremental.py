@@ -152,3 +152,58 @@ def test_idle_binlog_does_not_stall_a_job_and_repairs_a_lake(items, workers):
     took = time.monotonic() - started
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=60, what="the repaired mirror == source")
     assert took < 30, f"100 chunks on an idle binlog took {took:.1f}s"
+
+
+def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_path, workers):
+    db, rows = mysql_db, 100_000
+    msql("CREATE TABLE items (id bigint PRIMARY KEY, v int, s char(32))",
+         f"INSERT INTO items SELECT seq, seq % 100, md5(seq) FROM seq_1_to_{rows}", db=db)
+    mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
+    extra = "    snapshot_chunk_rows: 1000\n"
+    cfg = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=mirror_lake, extra_source=extra)
+    log_cfg = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=changelog_lake, mode="changelog",
+                                 extra_source=extra, sink_name="log")
+    sinks = [workers(cfg, "--sink", "lake").start(), workers(log_cfg, "--sink", "log").start()]
+    source = workers(cfg, "--source", "legacy").start()
+    wait_until(lambda: (s := state(prefix)) is not None and s.snapshot_done, timeout=90, what="the initial snapshot")
+    topic = f"{prefix}.legacy.{db}.items"
+
+    load = Load(db, first_id=rows + 1, seed=5)
+    load.start()
+    request(prefix, [f"{db}.items"])
+    wait_until(lambda: (s := state(prefix)) is not None and s.jobs and s.jobs[0].rows >= 10_000, timeout=60,
+               what="the job to be under way", interval=0.05)
+    source.kill()
+    load.stop()
+    acked = state(prefix).jobs[0]
+    assert 10_000 <= acked.rows < rows, "the kill was meant to land mid-job"
+
+    # A stopped source shows the job's acknowledged progress.
+    src = MySQLSource(MySQLSourceConfig(name="legacy", host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"],
+                                        password=MYSQL["password"], tables=[f"{db}.*"]),
+                      broker=BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix))
+    shown = asyncio.run(src.status())["snapshot"]
+    assert [(p["table"], p["kind"], p["rows"], p["chunks_done"], p["done"]) for p in shown] == \
+        [(f"{db}.items", "incremental", acked.rows, acked.chunks, False)]
+
+    before = len(incremental_reads(topic))
+    source = workers(cfg, "--source", "legacy").start()
+    wait_until(lambda: jobs_done(prefix), timeout=120, what="the resumed job to finish", interval=0.5)
+    again = len(incremental_reads(topic)) - before
+    # Only the rest is read again (plus, at most, the chunk in flight at the kill).
+    print(f"acknowledged before the kill: {acked.rows} rows; read after the restart: {again}; inserted by the load: {load.next_id - rows - 1}")
+    assert again < rows, "the restarted source read the whole table again"
+    assert rows - acked.rows <= again <= rows - acked.rows + 2 * 1000 + load.next_id - rows, (again, acked.rows)
+    wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
+    positions_increase(topic)
+    expected = len({dict(r.headers)["lakeward.pos"] for r in records(topic)})
+
+    def changelog_complete():
+        dt = lake_table(changelog_lake, db, "items")
+        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
+        return n >= expected or f"changelog has {n} of {expected} events"
+
+    wait_until(changelog_complete, timeout=90, what="changelog complete", interval=1)
+    for w in (source, *sinks):
+        assert w.terminate() == 0, w.output()[-3000:]
+    no_repeats_in_changelog(changelog_lake, db)
