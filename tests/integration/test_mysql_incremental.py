@@ -8,9 +8,11 @@ Requests are sent with core.snapshot.send_request, as `lakeward snapshot` does.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import orjson
+import pymysql
 import pytest
 from deltalake import DeltaTable
 
@@ -22,9 +24,8 @@ from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import MYSQL, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import MYSQL, connect, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
 from .test_mysql_crash import Load, no_repeats_in_changelog
-from .mysql_fixtures import connect
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +94,6 @@ class RetryingLoad(Load):
     """Load's random writes, going on after a deadlock with the test's own statements (rolled back, as a client would)."""
 
     def run(self) -> None:
-        import random
-
-        import pymysql
-
         rnd = random.Random(self.seed)
         conn = connect(database=self.db)
         conn.autocommit(False)
