@@ -11,6 +11,7 @@ A batch is a list of items:
   Commit(resume, tables)         a transaction boundary: once everything before it is acknowledged,
                                  `resume` may be written to the state topic
   SnapshotBegin / ChunkDone / TableDone / SnapshotDone   snapshot bookkeeping for the state topic
+  incremental.ChunkPublished / JobStopped                incremental snapshot progress (see incremental.py)
   Failed(exc), Finished          the thread's end
 
 Positions (core.events.Position.mysql): binlog file index, position of the transaction's first event
@@ -47,7 +48,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.gtid import Gtid, GtidSet
 from pymysqlreplication.row_event import DeleteRowsEvent, PartialUpdateRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
-from lakeward.connectors.mysql import catalog, snapshot, tables
+from lakeward.connectors.mysql import catalog, incremental, snapshot, tables
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import HistoryEntry, SchemaHistory, clean, parse_ddl, rewrites_rows
@@ -235,6 +236,8 @@ class Reader(threading.Thread):
         self._infos: dict[tuple, TableInfo] = {}
         self._maps: dict[int, TableInfo | None] = {}
         self._metrics = metrics.SourceMetrics(cfg.name, prefix)
+        self.incremental = incremental.Jobs(cfg, prefix, server, history.epoch, self._boolean)
+        """Incremental snapshot jobs; the asyncio side adds them (Jobs.add) and sets the chunk counter before start."""
 
     # --- handing items over ----------------------------------------------------------------------
 
@@ -567,6 +570,8 @@ class Reader(threading.Thread):
         emit_batch = self._batch
         stats = self.stats
         stop = self.stop_flag
+        inc = self.incremental
+        inc.drop_pending("the stream starts again")  # its point may sort before a re-read that came in between
         try:
             for ev in stream:
                 if stop.is_set():
@@ -653,17 +658,25 @@ class Reader(threading.Thread):
                     txn_gtid, gtid_json = None, b"null"
                     stats.transactions += 1
                     self._commit(BinlogPoint(file, ev.packet.log_pos, gtid_state.text))
+                    if inc.busy:
+                        self._incremental(fi, ev.packet.log_pos)
                     emit_batch = self._batch
                 elif cls is MariadbGtidEvent or cls is GtidEvent:
                     txn_pos = ev.packet.log_pos - ev.packet.event_size
                     txn_gtid = ev.gtid
                     gtid_json = dumps(txn_gtid)
                     standalone = bool(ev.flags & 1) if cls is MariadbGtidEvent else None
+                    if inc.busy:  # a transaction boundary: the stream has everything before txn_pos
+                        self._incremental(fi, txn_pos)
+                        emit_batch = self._batch
                 elif cls is QueryEvent:
                     q = ev.query
                     ev_start = ev.packet.log_pos - ev.packet.event_size
                     if txn_pos is None:
                         txn_pos = ev_start
+                        if inc.busy:
+                            self._incremental(fi, txn_pos)
+                            emit_batch = self._batch
                     word = q.strip().upper()
                     if word == "BEGIN":
                         continue
@@ -673,6 +686,8 @@ class Reader(threading.Thread):
                         gtid_state.commit(txn_gtid)
                         txn_gtid, gtid_json = None, b"null"
                         self._commit(BinlogPoint(file, ev.packet.log_pos, gtid_state.text))
+                        if inc.busy:
+                            self._incremental(fi, ev.packet.log_pos)
                         emit_batch = self._batch
                         continue
                     default_db = ev.schema.decode() if isinstance(ev.schema, bytes) else (ev.schema or "")
@@ -682,6 +697,8 @@ class Reader(threading.Thread):
                     pos = Position.mysql(fi, txn_pos, Position.STREAM, ev_start, 0)
                     snap = self._ddl(ddl, q, pos, ev.packet.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start,
                                      (file, ev.packet.log_pos))
+                    if inc.pending is not None and incremental.touches(ddl, inc.pending.job.table):
+                        inc.drop_pending(f"{ddl.kind} of the table before the chunk's point")
                     if ddl.kind == "dml":
                         continue  # a statement-based change inside a transaction, on a table we don't capture
                     if standalone is False or standalone is None and clean(q).upper().endswith("START TRANSACTION"):
@@ -695,6 +712,8 @@ class Reader(threading.Thread):
                         self._push()
                         raise _NeedSnapshot(snap, resume)
                     self._commit(resume)
+                    if inc.busy:
+                        self._incremental(fi, ev.packet.log_pos)
                     emit_batch = self._batch
                 elif cls is RotateEvent:
                     if ev.timestamp:
@@ -707,6 +726,9 @@ class Reader(threading.Thread):
                     if txn_pos is None:
                         stats.event_ts = None  # the server sends heartbeats only when it has nothing else to send
                         self._push()
+                        if inc.busy:
+                            # The binlog's end: an idle server shows incremental chunks their point this way.
+                            self._incremental(file_index(ev.ident) if ev.ident else fi, ev.packet.log_pos)
                         emit_batch = self._batch
                 elif cls is NotImplementedEvent:
                     et = ev.event_type
@@ -718,6 +740,9 @@ class Reader(threading.Thread):
                             f"<prefix>.{cfg.name}.__state and restart the source)")
                     if et == ANONYMOUS_GTID_EVENT:
                         txn_pos = ev.packet.log_pos - ev.packet.event_size
+                        if inc.busy:
+                            self._incremental(fi, txn_pos)
+                            emit_batch = self._batch
                 elif cls is XAPrepareEvent:
                     if txn_rows:
                         raise TerminalError(f"MySQL at {cfg.where}: an XA transaction changed captured tables ({file}:{ev.packet.log_pos}); "
@@ -731,6 +756,54 @@ class Reader(threading.Thread):
                 raise ConnectionFailed(f"MySQL at {cfg.where} ended the binlog stream (server shutting down?) at {file}")
         finally:
             stream.close()
+            inc.close()
+
+    # --- incremental snapshots ---------------------------------------------------------------------
+
+    def _incremental(self, fi: int, pos: int) -> None:
+        """At a transaction boundary, the stream having everything before (fi, pos): publish the pending
+        chunk once the stream reached its point, then read the next one. On an idle binlog (the chunk's
+        point is where the stream is) chunk after chunk, for at most IDLE_READ_S."""
+        inc = self.incremental
+        started = time.monotonic()
+        while not self.stop_flag.is_set():
+            chunk = inc.pending
+            if chunk is not None:
+                if (fi, pos) < chunk.at:
+                    return
+                self._publish_incremental_chunk(chunk)
+                if time.monotonic() - started > incremental.IDLE_READ_S:
+                    return
+            job = inc.next_job()
+            if job is None:
+                return
+            try:
+                chunk = inc.read(job)
+            except incremental.JobError as e:
+                self._batch.append(inc.stopped(job, str(e)))
+                self._push()
+                continue
+            if chunk is None:
+                return  # a DDL raced the read: again at the next boundary
+            if chunk.at < (fi, pos):
+                # Cannot happen (the server's binlog is never behind what it sent); never publish out of order.
+                log.warning("source %s: incremental chunk of %s read at %s:%d, behind the stream at %d:%d; reading it again",
+                            self.cfg.name, job.table, chunk.point.file, chunk.point.pos, fi, pos)
+                return
+            inc.pending = chunk
+
+    def _publish_incremental_chunk(self, chunk: incremental.Chunk) -> None:
+        """Hand a chunk's events over, then the item that records the job's progress once they are acknowledged."""
+        self._announce(chunk.info)
+        batch = self._batch
+        for event in chunk.events:
+            batch.append(event)
+            if len(batch) >= BATCH_ITEMS:
+                self._push()
+                batch = self._batch
+        self._count(chunk.info, "r", len(chunk.events))
+        self._batch.append(self.incremental.published(chunk))
+        self._push()
 
     def _commit(self, resume: BinlogPoint) -> None:
         self.stats.position = f"{resume.file}:{resume.pos}"

@@ -23,7 +23,6 @@ block: the reader thread and the pool's threads call them.
 
 from __future__ import annotations
 
-import base64
 import logging
 import queue
 import threading
@@ -39,7 +38,7 @@ import pymysql.cursors
 from lakeward.connectors.mysql import catalog
 from lakeward.connectors.mysql.catalog import Server, quote
 from lakeward.connectors.mysql.config import MySQLSourceConfig
-from lakeward.connectors.mysql.types import BINARIES, ColumnDef, snapshot_expr
+from lakeward.connectors.mysql.types import ColumnDef, snapshot_expr
 from lakeward.core.errors import SourceSetupError
 
 log = logging.getLogger(__name__)
@@ -224,14 +223,15 @@ def chunkable(defs: list[ColumnDef], pk: tuple[str, ...]) -> bool:
 
 
 def key_to_json(values: tuple | list) -> list[Any]:
-    """Key values as the snapshot connection returns them -> JSON values (bytes as base64 text)."""
-    return [base64.b64encode(v).decode() if isinstance(v, (bytes, bytearray)) else v for v in values]
+    """Key values as a snapshot connection returns them -> JSON values for the state document: bytes
+    as {"hex": ...}, the rest as PyMySQL read them through SNAPSHOT_CONV (numbers; temporal and decimal
+    values as the server's text). Initial-snapshot progress and incremental jobs both keep keys so."""
+    return [{"hex": bytes(v).hex()} if isinstance(v, (bytes, bytearray)) else v for v in values]
 
 
-def key_from_json(values: list[Any], key_defs: list[ColumnDef]) -> list[Any]:
-    """The inverse of key_to_json, for query parameters: base64 back to bytes for binary and bit columns."""
-    return [base64.b64decode(v) if v is not None and (d.data_type in BINARIES or d.data_type == "bit") else v
-            for v, d in zip(values, key_defs)]
+def key_from_json(values: list[Any]) -> list[Any]:
+    """The inverse of key_to_json, for query parameters."""
+    return [bytes.fromhex(v["hex"]) if isinstance(v, dict) and "hex" in v else v for v in values]
 
 
 def key_condition(pk: tuple[str, ...], op: str) -> tuple[str, Callable[[list[Any]], list[Any]]]:

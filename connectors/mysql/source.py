@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pymysql
 
 from lakeward.connectors.mysql import catalog
+from lakeward.connectors.mysql.incremental import ChunkPublished, JobStopped
 from lakeward.connectors.mysql.binlog import (
     FINISHED, Announce, ChunkDone, Commit, Failed, History, Plan, Reader, SnapshotBegin, SnapshotDone, TableDone, new_epoch,
 )
@@ -35,10 +37,10 @@ from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress
 from lakeward.core import broker as kafka
-from lakeward.core import metrics
+from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SourceSetupError
-from lakeward.core.snapshot import IncrementalJob, TableProgress
+from lakeward.core.snapshot import IncrementalJob, SignalInbox, SnapshotRequest, TableProgress
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,19 @@ class SourceState:
     """Tables of the initial snapshot read in part: chunks done (acknowledged) so far. A restart goes
     on from them (docs/mysql.md, Snapshot); a table leaves it when it is done."""
     jobs: list[IncrementalJob] = field(default_factory=list)
-    """Incremental snapshots to run while streaming (also the rest of a resumed initial snapshot)."""
+    """Incremental snapshots not finished yet (also the rest of a resumed initial snapshot), with their
+    progress acknowledged by the broker."""
+    chunk_counter: int = 0
+    """Incremental chunks published so far (acknowledged): part of their positions (see incremental.py)."""
+    signals_offset: int = 0
+    """Offset in the signal topic after the last request turned into jobs."""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"epoch": self.epoch, "server": self.server, "resume": self.resume.to_dict() if self.resume else None,
                              "tables": dict(sorted(self.tables.items())), "snapshot_done": self.snapshot_done,
                              "progress": {t: p.to_dict() for t, p in sorted(self.progress.items())},
-                             "jobs": [j.to_dict() for j in self.jobs],
+                             "jobs": [j.to_dict() for j in self.jobs], "chunk_counter": self.chunk_counter,
+                             "signals_offset": self.signals_offset,
                              "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     @classmethod
@@ -82,7 +90,8 @@ class SourceState:
             tables = {t: "" for t in tables}
         return cls(d["epoch"], d["server"], BinlogPoint.from_dict(d["resume"]) if d.get("resume") else None, dict(tables),
                    bool(d.get("snapshot_done")), {t: ChunkProgress.from_dict(p) for t, p in (d.get("progress") or {}).items()},
-                   [IncrementalJob.from_dict(j) for j in d.get("jobs") or []])
+                   [IncrementalJob.from_dict(j) for j in d.get("jobs") or []], int(d.get("chunk_counter") or 0),
+                   int(d.get("signals_offset") or 0))
 
 
 class MySQLSource(Source):
@@ -134,6 +143,7 @@ class MySQLSource(Source):
     async def status(self) -> dict[str, Any]:
         cfg = self.config
         state = await self._read_state()
+        jobs = state.jobs if state is not None else []
 
         def lag() -> dict[str, Any]:
             conn = catalog.connect(cfg)
@@ -141,9 +151,11 @@ class MySQLSource(Source):
                 server = catalog.server_info(conn)
                 file, pos, gtid = catalog.master_status(conn, server)
                 sizes = catalog.query(conn, "SHOW BINARY LOGS")
+                estimates = {j.table: row_estimate(conn, j.table) for j in jobs}
             finally:
                 conn.close()
-            out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid}
+            out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid,
+                                   "snapshot": [job_progress(j, estimates.get(j.table)).to_dict() for j in jobs]}
             if state and state.resume:
                 out["lag_bytes"] = bytes_behind(sizes, state.resume.file, state.resume.pos)
             return out
@@ -160,7 +172,9 @@ class MySQLSource(Source):
             st = self.reader.stats
             info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
                         events_published=self.events_published)
-        info.update(await asyncio.to_thread(lag))
+        lagging = await asyncio.to_thread(lag)
+        info.setdefault("snapshot", []).extend(lagging.pop("snapshot"))
+        info.update(lagging)
         return info
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -243,12 +257,18 @@ class MySQLSource(Source):
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         reader = self.reader = Reader(cfg, self.prefix, server, history, plan, lambda: loop.call_soon_threadsafe(wake.set))
+        self._inbox = SignalInbox(self.broker, cfg.name)
+        await self._inbox.start(self._admin, state.signals_offset)
+        reader.incremental.counter = state.chunk_counter
+        for job in state.jobs:
+            self._hand_over(job, None)
         reader.start()
         try:
             await self._consume(reader, wake, stop)
         finally:
             reader.stop_flag.set()
             await asyncio.to_thread(reader.join, 30)
+            await self._inbox.stop()
 
     async def _consume(self, reader: Reader, wake: asyncio.Event, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -257,7 +277,7 @@ class MySQLSource(Source):
         send_open = publisher.send_open
         out = reader.out
         pending: Commit | None = None
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_signals = time.monotonic()
         stopping = False
         stats = reader.stats
         while True:
@@ -312,6 +332,10 @@ class MySQLSource(Source):
                         self._state.snapshot_done = True
                         self._state.tables.update(item.tables)
                         await self._write_state()
+                    elif isinstance(item, ChunkPublished):
+                        await self._chunk_published(item)
+                    elif isinstance(item, JobStopped):
+                        await self._job_stopped(item)
                     elif isinstance(item, Failed):
                         raise item.error
                     elif item is FINISHED:
@@ -333,6 +357,9 @@ class MySQLSource(Source):
                 if pending.resume != self._state.resume or pending.tables != self._state.tables:
                     await self._checkpoint(pending)
                 last_checkpoint = now
+            if now - last_signals >= cfg.status_interval_s and not stopping:
+                last_signals = now
+                await self._poll_signals(reader)
 
     async def _write_progress(self, *, written: bool = True) -> None:
         """Wait for the broker to acknowledge everything handed over, then take the chunk progress
@@ -356,6 +383,77 @@ class MySQLSource(Source):
             self._state.tables = dict(commit.tables)
         if commit is not None or chunks_done:
             await self._write_state()
+
+    # --- incremental snapshots ---------------------------------------------------------------
+
+    async def _poll_signals(self, reader: Reader) -> None:
+        """Turn new requests on the signal topic into jobs: stored with the inbox offset, then handed to the reader."""
+        records = await self._inbox.poll()
+        if not records:
+            return
+        added: list[tuple[IncrementalJob, int | None]] = []
+        for offset, request in records:
+            if request is None:
+                log.error("source %s: the record at offset %d of %s is not a snapshot request (see `lakeward snapshot`); ignored",
+                          self.config.name, offset - 1, self._inbox.topic)
+            else:
+                added += await asyncio.to_thread(self._jobs_for, request)
+            self._state.signals_offset = offset
+        self._state.jobs.extend(job for job, _ in added)
+        await self._write_state()
+        for job, estimate in added:
+            self._hand_over(job, estimate)
+
+    def _hand_over(self, job: IncrementalJob, estimate: int | None) -> None:
+        assert self.reader is not None
+        self.reader.incremental.add(job)
+        progress.snapshots.start(self.config.name, job.table, estimate)
+
+    def _jobs_for(self, request: SnapshotRequest) -> list[tuple[IncrementalJob, int | None]]:
+        """The request's tables this source can re-read, with their row estimates; logs why it refuses the others."""
+        cfg = self.config
+        conn = catalog.connect(cfg)
+        try:
+            out = []
+            for name in dict.fromkeys(request.tables):
+                why = refusal(conn, cfg, name, request.where)
+                if why:
+                    log.error("source %s: snapshot request %s: %s; skipping this table (the capture goes on)", cfg.name, request.id, why)
+                    continue
+                out.append((IncrementalJob(request.id, name, "request", request.where), row_estimate(conn, name)))
+                log.info("source %s: snapshot request %s: re-reading %s%s while streaming", cfg.name, request.id, name,
+                         f" where {request.where}" if request.where else "")
+            return out
+        finally:
+            conn.close()
+
+    def _job(self, job_id: str, table: str) -> IncrementalJob | None:
+        return next((j for j in self._state.jobs if j.id == job_id and j.table == table), None)
+
+    async def _chunk_published(self, item: ChunkPublished) -> None:
+        """Store a job's progress once the broker acknowledged its chunk (and everything before it)."""
+        await self._publisher.flush()
+        job = self._job(item.job_id, item.table)
+        if job is not None:
+            job.after, job.rows, job.chunks = item.after, job.rows + item.rows, job.chunks + 1
+            if item.done:
+                self._state.jobs.remove(job)
+        self._state.chunk_counter = item.chunk_counter
+        await self._write_state()
+        if item.rows:
+            self._metrics.snapshot_rows(item.table).inc(item.rows)
+            progress.snapshots.advance(self.config.name, item.table, item.rows)
+        if item.done:
+            progress.snapshots.finish(self.config.name, item.table)
+
+    async def _job_stopped(self, item: JobStopped) -> None:
+        log.error("source %s: incremental snapshot %s of %s stopped: %s; the job is removed (the capture goes on)",
+                  self.config.name, item.job_id, item.table, item.reason)
+        job = self._job(item.job_id, item.table)
+        if job is not None:
+            self._state.jobs.remove(job)
+            await self._write_state()
+        progress.snapshots.finish(self.config.name, item.table)
 
     # --- state topic -------------------------------------------------------------------------
 
@@ -386,6 +484,42 @@ def carry_on_snapshot(state: SourceState, captured: set[str]) -> bool:
                 state.jobs.append(IncrementalJob("resume", name, "resume", after=list(p.after)))
     state.progress = {}
     return True
+
+
+def refusal(conn: Any, cfg: MySQLSourceConfig, name: str, where: str | None) -> str | None:
+    """Why `name` cannot be re-read incrementally by this source (None: it can)."""
+    db, _, table = name.partition(".")
+    if not table:
+        return f"{name!r} is not a `database.table` name"
+    if not catalog.matches(cfg.tables, db, table):
+        return f"table {name} is not captured by this source (tables: {', '.join(cfg.tables)})"
+    found = catalog.table_defs(conn, db, table)
+    if found is None:
+        return f"table {name} does not exist on MySQL at {cfg.where}"
+    if not found[1]:
+        return (f"table {name} has no primary key: an incremental snapshot reads a table in key order. Add a primary key, or "
+                "take a new initial snapshot (docs/mysql.md, Taking a new snapshot)")
+    if where:
+        try:
+            catalog.query(conn, f"SELECT 1 FROM {catalog.quote(db)}.{catalog.quote(table)} WHERE ({where}) LIMIT 0")
+        except pymysql.err.MySQLError as e:
+            if isinstance(e, pymysql.err.InterfaceError) or (e.args and isinstance(e.args[0], int) and e.args[0] >= 2000):
+                raise
+            return f"the condition --where {where!r} fails on table {name}: {e.args[-1]}"
+    return None
+
+
+def job_progress(job: IncrementalJob, estimate: int | None) -> TableProgress:
+    """An incremental job as `lakeward status` shows it (rows and chunks acknowledged so far)."""
+    return TableProgress(job.table, "incremental", job.rows, estimate, job.chunks, None, False,
+                         {"id": job.id, "reason": job.reason, "where": job.where})
+
+
+def row_estimate(conn: Any, name: str) -> int | None:
+    db, _, table = name.partition(".")
+    rows = catalog.query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                         (db, table))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def bytes_behind(binary_logs: list[tuple], file: str, pos: int) -> int:

@@ -146,7 +146,6 @@ def test_kill_mid_snapshot_keeps_finished_tables_and_rereads_the_rest(tables, pr
     assert reread < sum(ROWS.values()), f"{reread} rows read again"
 
 
-@pytest.mark.xfail(reason="runs once the incremental engine is merged", strict=False)
 def test_kill_mid_keyed_table_goes_on_after_its_last_acknowledged_key(tables, prefix, tmp_path, workers):
     db = tables
     mirror_cfg, log_cfg, mirror_lake, changelog_lake = configs(tmp_path, db, prefix, **SOURCE)

@@ -1,8 +1,9 @@
 """The MySQL source's state document across a restart of an initial snapshot (no server needed)."""
 
+import orjson
+
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress, key_condition, key_from_json, key_to_json
 from lakeward.connectors.mysql.source import SourceState, carry_on_snapshot
-from lakeward.connectors.mysql.types import ColumnDef
 from lakeward.core.snapshot import IncrementalJob
 
 
@@ -33,8 +34,7 @@ def test_restart_turns_progress_into_what_continues_it():
 
 
 def test_keys_survive_json_and_lay_out_as_query_arguments():
-    defs = [ColumnDef("a", "int", "int", True), ColumnDef("b", "varbinary", "varbinary(16)", True)]
-    assert key_from_json(key_to_json((5, b"\x00\xff")), defs) == [5, b"\x00\xff"]
+    assert key_from_json(orjson.loads(orjson.dumps(key_to_json((5, b"\x00\xff"))))) == [5, b"\x00\xff"]
     sql, args = key_condition(("a", "b"), ">")
     assert sql == "`a` >= %s AND ((`a` > %s) OR (`a` = %s AND `b` > %s))"
     assert args([1, 2]) == [1, 1, 1, 2]
