@@ -406,8 +406,9 @@ class ProgressBook:
         done, after, total = self._pending.get(table, (0, None, 0))
         self._pending[table] = (chunk.index + 1, chunk.after if chunk.after is not None else after, total + rows)
 
-    def due(self) -> bool:
-        return self.progress is not None and bool(self._pending) and time.monotonic() - self._last >= self.interval_s
+    def due(self, *, force: bool = False) -> bool:
+        """Whether to wait for the broker's acknowledgement and write the progress now."""
+        return self.progress is not None and bool(self._pending) and (force or time.monotonic() - self._last >= self.interval_s)
 
     def commit(self) -> None:
         """Everything published so far was acknowledged."""

@@ -155,8 +155,10 @@ class _TableRead:
     rows: chunks.RowSql
     plan: chunks.ChunkPlan
     estimate: int | None
-    head: bytes = b""
-    """The envelope's `source` up to `"lsn":`, set when the table's `t` is published."""
+    ts_ms: int
+    """When the table's snapshot began: `source.ts_ms` of its events."""
+    head: bytes
+    """The envelope's `source` up to `"lsn":` (see _Table.source_head)."""
     started: float = 0.0
     rows_published: int = 0
 
@@ -414,6 +416,11 @@ class PostgresSource(Source):
         """
         cfg = self.config
         names = {f"{s}.{t}" for s, t in tables}
+        # A table dropped and created again (or created) since the last table refresh is not in the
+        # publication yet: added before the snapshot point, every change after it is streamed.
+        added = await catalog.sync_publication(self._meta, cfg.publication_name, tables)
+        if added:
+            log.info("source %s: new tables %s", cfg.name, ", ".join(f"{s}.{t}" for s, t in added))
         # `snapshot: never` skips the first copy of a table, not a re-read: after a schema change that
         # rewrote every row without row events, reading the table again is the only way to stay equal.
         read = tables if cfg.snapshot == "initial" else [(s, t) for s, t in tables if f"{s}.{t}" in self._reread]
@@ -530,18 +537,21 @@ class PostgresSource(Source):
             plan = chunks.ChunkPlan("whole", [chunks.Chunk(0, "")])  # partitions have a CTID space each
         else:
             plan = await chunks.plan_ctid_chunks(conn, relid, rel, chunk_rows)
-        return _TableRead(t, old, f"{schema}.{table}", rel, lsn, chunks.row_sql(typed, t.pk, t.key), plan, estimate)
+        ts_ms = int(time.time() * 1000)
+        # The envelope's `source` is fixed here: chunks are read (and their envelopes built) while
+        # earlier ones are still being published.
+        return _TableRead(t, old, f"{schema}.{table}", rel, lsn, chunks.row_sql(typed, t.pk, t.key), plan, estimate, ts_ms,
+                          t.source_head(ts_ms, "true", None))
 
     async def _start_table(self, read: _TableRead, book: chunks.ProgressBook) -> None:
         """Publish the table's reset: a `t` first, so a snapshot that restarts never leaves stale rows."""
-        t, lsn = read.t, read.lsn
-        ts_ms = self._now_ms = int(time.time() * 1000)
+        t, lsn, ts_ms = read.t, read.lsn, read.ts_ms
+        self._now_ms = int(time.time() * 1000)
         if read.renamed is not None:
             # The table was renamed: the lake table under the old name has no source table any more.
             old = read.renamed
             self._emit(old, _T, TRUNCATE_KEY, None, None, old.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, 0))
         self._emit(t, _T, TRUNCATE_KEY, None, None, t.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, 0))
-        read.head = t.source_head(ts_ms, "true", None)
         read.started = time.monotonic()
         book.start(read.name, read.plan.by, len(read.plan.chunks))
         progress.snapshots.start(self.config.name, read.name, read.estimate)
@@ -570,12 +580,14 @@ class PostgresSource(Source):
         self._metrics.snapshot_rows(read.name).inc(n)
         progress.snapshots.advance(self.config.name, read.name, n)
         book.published(read.name, chunk, n)
-        if chunk.index + 1 == len(read.plan.chunks):
+        last = chunk.index + 1 == len(read.plan.chunks)
+        if last:
             self._sync_counts()
             progress.snapshots.finish(self.config.name, read.name)
             log.info("source %s: snapshot of %s: %d rows in %d chunks in %.1fs", self.config.name, read.name, read.rows_published,
                      len(read.plan.chunks), time.monotonic() - read.started)
-        if book.due():
+        # A table of several chunks is recorded as done as soon as it is (not re-read after a kill).
+        if book.due(force=last and len(read.plan.chunks) > 1):
             await publisher.flush()
             book.commit()
             await self._write_state()
