@@ -393,16 +393,16 @@ class PostgresSource(Source):
             await self._record_shapes_at_start(tables, state.consistent_lsn, only_missing=True)
             done = sorted(names)
         for name, p in state.progress.items():
-            if name not in names or name in done:
-                continue
-            if p.complete:
+            if name in names and name not in done and p.complete:
                 done.append(name)
-            elif p.chunks_done and p.by == "key" and p.after is not None:
+        finished = len(done)
+        for name, p in state.progress.items():
+            if name in names and name not in done and p.chunks_done and p.by == "key" and p.after is not None:
                 state.jobs.append(IncrementalJob(id="resume", table=name, reason="resume", after=p.after))
                 done.append(name)
                 jobs.append(f"{name} after {p.after}")
-        log.info("source %s: resuming the snapshot of slot %s at %s: %d tables done%s", cfg.name, cfg.slot_name,
-                 lsn_to_str(state.consistent_lsn), len(done), f"; continuing incrementally: {', '.join(jobs)}" if jobs else "")
+        log.info("source %s: resuming the snapshot of slot %s at %s: %d tables done%s; the others are read again whole", cfg.name,
+                 cfg.slot_name, lsn_to_str(state.consistent_lsn), finished, f"; continuing incrementally: {', '.join(jobs)}" if jobs else "")
         state.done, state.tables, state.progress = True, sorted(done), {}
         await self._write_state(state)
         self._confirmed = state.consistent_lsn
