@@ -32,7 +32,20 @@ from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pipeline import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, cpu_seconds, dsn_for, proc_status_kb  # noqa: E402
+from pipeline import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, cpu_seconds, dsn_for, kafka_pid, machine_cpu, proc_status_kb  # noqa: E402
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every postgres process (the snapshot's backends and walsender among them)."""
+    total = 0.0
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(p.name)) or 0.0
+            except OSError:
+                continue
+    return total
 
 
 def load(dsn: str, rows: int) -> None:
@@ -91,7 +104,8 @@ sinks: []
             n = await high_watermark(consumer, topic)
             now = time.monotonic()
             if n and first is None:
-                first = now
+                first, cpu_first, machine_first = now, cpu_seconds(pid) or 0.0, machine_cpu()
+                pg_first, kafka_first = postgres_cpu(), cpu_seconds(kafka_pid()) or 0.0
             if profile is None:
                 peak = max(peak, proc_status_kb(pid, "VmHWM") or 0)
             cpu = cpu_seconds(pid) or cpu
@@ -103,6 +117,8 @@ sinks: []
                 raise SystemExit("timed out")
             await asyncio.sleep(0.02)
         done = time.monotonic()
+        machine_busy = machine_cpu() - machine_first
+        pg_busy, kafka_busy = postgres_cpu() - pg_first, (cpu_seconds(kafka_pid()) or 0.0) - kafka_first
     finally:
         await consumer.stop()
         if spy is not None:
@@ -114,7 +130,9 @@ sinks: []
             drop_slot(c, f"lw_{prefix}")
     assert first is not None
     return {"parallelism": parallelism, "rows_s": rows / (done - first), "rows_s_from_start": rows / (done - started),
-            "seconds": done - first, "peak_rss_mb": peak / 1024, "cpu_us_per_row": cpu * 1e6 / rows}
+            "seconds": done - first, "peak_rss_mb": peak / 1024, "cpu_us_per_row": cpu * 1e6 / rows,
+            "snapshot_cpu_us_per_row": (cpu - cpu_first) * 1e6 / rows, "machine_cores_busy": machine_busy / (done - first),
+            "postgres_cpu_us_per_row": pg_busy * 1e6 / rows, "kafka_cpu_us_per_row": kafka_busy * 1e6 / rows}
 
 
 def main() -> None:
@@ -136,8 +154,9 @@ def main() -> None:
                 for p in args.parallelism:
                     r = asyncio.run(run_once(dsn, args.rows, p, args.chunk_rows, Path(tmp), args.profile))
                     print(f"parallelism {r['parallelism']}: {r['rows_s']:,.0f} rows/s ({r['seconds']:.2f} s; "
-                          f"{r['rows_s_from_start']:,.0f} rows/s from process start), worker CPU {r['cpu_us_per_row']:.1f} us/row "
-                          f"(start-up included), peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                          f"{r['rows_s_from_start']:,.0f} rows/s from process start), worker CPU {r['snapshot_cpu_us_per_row']:.1f} us/row "
+                          f"({r['cpu_us_per_row']:.1f} with start-up), PostgreSQL {r['postgres_cpu_us_per_row']:.1f} us/row, "
+                          f"broker {r['kafka_cpu_us_per_row']:.1f} us/row, machine {r['machine_cores_busy']:.2f} cores busy, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -97,9 +97,9 @@ class RowSql:
     """How one table's rows are selected and turned into (message key, envelope value) bytes."""
 
     select: str
-    """The SELECT list; `%s` placeholders for the envelope's prefix and suffix when `whole_in_sql`."""
     whole_in_sql: bool
-    """SQL builds the key and the whole envelope: rows come as (key, value) bytes."""
+    """SQL builds the key and the whole `after`: rows come as (key, after) bytes. (The envelope around
+    `after` is the same for a whole chunk: joined here, it is not sent with every row.)"""
     key_in_sql: bool
     python_key: list[tuple[str, Converter]]
     """Key columns converted in Python (selected as text after the key/value columns) when not key_in_sql."""
@@ -113,7 +113,7 @@ class RowSql:
     def finish(self, rows: list[tuple], prefix: bytes, suffix: bytes) -> list[tuple[bytes, bytes]]:
         """(key, value) per row; `prefix + after + suffix` is the envelope."""
         if self.whole_in_sql:
-            return rows
+            return [(k, prefix + after + suffix) for k, after in rows]
         out = []
         append = out.append
         if self.everything_in_python:
@@ -173,7 +173,7 @@ def row_sql(columns: list[tuple[str, PgType, int, Converter]], pk: Sequence[str]
             pieces.append(f"{literal(opening)} || {ident(k)}::text || {literal(quote + ('}' if i == len(pk) - 1 else ''))}")
         key_expr = " || ".join(pieces)
         if not slow:
-            return RowSql(f"{key_expr}, %s || {after} || '}}' || %s", True, True, [], [], key, names=names)
+            return RowSql(f"{key_expr}, {after} || '}}'", True, True, [], [], key, names=names)
         select = f"{key_expr}, {after}"
         python_key: list[tuple[str, Converter]] = []
     else:
@@ -261,8 +261,6 @@ async def read_chunk(conn: psycopg.AsyncConnection, rows: RowSql, rel: str, chun
     """The chunk's rows as (key, value) bytes, read on `conn` (inside the snapshot)."""
     query = f"SELECT {rows.select} FROM {rel}" + (f" WHERE {chunk.where}" if chunk.where else "")
     params: tuple = chunk.params
-    if rows.whole_in_sql:
-        params = (prefix.decode(), suffix.decode(), *params)
     # Binary results: a text value's binary form is its UTF-8, which the JSON columns (`text`) keep as
     # bytes; `varchar` values (for the converters) are decoded to str as usual.
     async with conn.cursor(binary=True) as cur:

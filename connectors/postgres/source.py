@@ -65,6 +65,8 @@ _U32 = struct.Struct(">I")
 _dumps = orjson.dumps
 _SNAPSHOT = Position.SNAPSHOT
 _SNAPSHOT_PREFIX = b'{"before":null,"after":'
+_PUBLISH_SLICE = 4096
+"""Rows of a chunk published between two turns of the event loop (the readers' sockets are drained in between)."""
 PROGRESS_INTERVAL_S = 0.2
 """A resumable snapshot waits for the broker's acknowledgement and writes its progress after a chunk
 at most this often (tiny chunks would otherwise wait for an acknowledgement each)."""
@@ -564,15 +566,15 @@ class PostgresSource(Source):
         """Append the chunk's rows at positions (lsn, SNAPSHOT, chunk << 32 | row + 1): increasing in
         publish order, and the same when the chunk is read again at the same point."""
         t, publisher = read.t, self._publisher
-        topic, schema_header, append, pack, lsn = t.topic, t.schema_header, publisher.append, _PG_POSITION.pack, read.lsn
-        seq = chunk.index << 32
-        for key, value in rows:
-            seq += 1
-            append(topic, key, value, [(POSITION_HEADER, pack(lsn, _SNAPSHOT, seq)), schema_header])
-            if not seq & 4095 and publisher.has_full:
+        topic, schema_header, pack, lsn = t.topic, t.schema_header, _PG_POSITION.pack, read.lsn
+        first = (chunk.index << 32) + 1
+        ts_ms = int(time.time() * 1000)
+        for start in range(0, len(rows), _PUBLISH_SLICE):
+            publisher.extend(topic, ((key, value, [(POSITION_HEADER, pack(lsn, _SNAPSHOT, seq)), schema_header])
+                                     for seq, (key, value) in enumerate(rows[start : start + _PUBLISH_SLICE], first + start)), ts_ms)
+            if publisher.has_full:
                 await publisher.send_full()
-        if publisher.has_full:
-            await publisher.send_full()
+            await asyncio.sleep(0)  # the readers' results arrive meanwhile
         n = len(rows)
         self.events_published += n
         t.counts[_R] += n
