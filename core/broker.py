@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -234,6 +234,31 @@ class BatchPublisher:
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError(f"event for topic {topic} is larger than the producer's max_batch_size")
         self.appended += 1
+
+    def extend(self, topic: str, events: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], timestamp_ms: int) -> None:
+        """`append` for many events of one topic, all with the timestamp `timestamp_ms`: a snapshot's
+        hot path. It feeds aiokafka's record builder directly (aiokafka 0.14: BatchBuilder._builder,
+        ._relative_offset): its BatchBuilder.append wrapper and a clock read per event cost about a
+        sixth of a snapshot's CPU."""
+        batch = self._open.get(topic)
+        if batch is None:
+            batch = self._open[topic] = self._producer.create_batch()
+        builder, offset, n = batch._builder, batch._relative_offset, 0
+        try:
+            for key, value, headers in events:
+                if builder.append(offset, timestamp_ms, key, value, headers) is None:
+                    batch._relative_offset = offset
+                    batch.close()
+                    self._full.append((topic, batch))
+                    batch = self._open[topic] = self._producer.create_batch()
+                    builder, offset = batch._builder, 0
+                    if builder.append(offset, timestamp_ms, key, value, headers) is None:
+                        raise ValueError(f"event for topic {topic} is larger than the producer's max_batch_size")
+                offset += 1
+                n += 1
+        finally:
+            batch._relative_offset = offset
+            self.appended += n
 
     @property
     def has_full(self) -> bool:

@@ -26,9 +26,20 @@ class PostgresSourceConfig(PluginConfig):
     """`initial`: copy the tables' current rows first, consistent with the slot. `never`: changes only
     (a table is still read again after a schema change that rewrote its rows without row events)."""
     snapshot_fetch_rows: int = Field(default=20_000, ge=100)
-    """Rows fetched per round trip while snapshotting."""
-    snapshot_chunk_rows: int = Field(default=50_000, ge=100)
-    """Rows per snapshot chunk."""
+    """No longer used: a snapshot reads each chunk (`snapshot_chunk_rows`) in one round trip. Kept so
+    that configs setting it stay valid."""
+    snapshot_parallelism: int | None = Field(default=None, ge=1)
+    """Connections reading a snapshot at once, all at the same consistent point; unset: the machine's
+    cores, at most 4. Each holds up to `snapshot_chunk_rows` rows in memory."""
+    snapshot_chunk_rows: int = Field(default=50_000, ge=1)
+    """Rows per snapshot chunk: tables are read in chunks of about this many rows (primary-key ranges
+    sampled from the key index, or CTID page ranges), the unit of parallel reading and of resuming
+    after a restart."""
+    snapshot_chunking: Literal["key", "ctid"] = "key"
+    """How tables with a primary key are split into chunks: `key` (ranges of the primary key; a
+    snapshot cut short continues from the last key read) or `ctid` (ranges of heap pages, TID range
+    scans, no index needed; a snapshot cut short reads a partly read table again whole). Tables
+    without a usable key are always split by CTID pages."""
     status_interval_s: float = Field(default=1.0, gt=0)
     """How often (seconds) to confirm the acknowledged LSN to PostgreSQL."""
     heartbeat_interval_s: float = Field(default=10.0, ge=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import struct
 import time
@@ -22,22 +23,23 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.string import TextLoader
 
 from lakeward.connectors.postgres import catalog, incremental, pgoutput
+from lakeward.connectors.postgres import snapshot as chunks
 from lakeward.connectors.postgres.config import PostgresSourceConfig
-from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US, UNCHANGED
+from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US
+from lakeward.connectors.postgres.snapshot import ChunkProgress
 from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, SlotInfo, get_slot, keepalive, xlog_start
-from lakeward.connectors.postgres.types import Converter
+from lakeward.connectors.postgres.types import Converter, PgType
 from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SchemaChangeError, SourceSetupError
-from lakeward.core.snapshot import IncrementalJob
 from lakeward.core.events import (
     NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
 )
+from lakeward.core.snapshot import IncrementalJob, default_parallelism
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,13 @@ _PG_POSITION = struct.Struct(">QBQ")  # Position.postgres(lsn, phase, seq), inli
 _STREAM = Position.STREAM
 _U32 = struct.Struct(">I")
 _dumps = orjson.dumps
+_SNAPSHOT = Position.SNAPSHOT
+_SNAPSHOT_PREFIX = b'{"before":null,"after":'
+_PUBLISH_SLICE = 4096
+"""Rows of a chunk published between two turns of the event loop (the readers' sockets are drained in between)."""
+PROGRESS_INTERVAL_S = 0.2
+"""A resumable snapshot waits for the broker's acknowledgement and writes its progress after a chunk
+at most this often (tiny chunks would otherwise wait for an acknowledgement each)."""
 
 
 @dataclass(slots=True)
@@ -118,22 +127,49 @@ class _SnapshotState:
     reread: list[str] = field(default_factory=list)
     """Tables (`schema.table`) a schema change requires to be read again: recorded before any LSN
     past the change is confirmed, cleared once the re-read is published."""
+    progress: dict[str, ChunkProgress] = field(default_factory=dict)
+    """While the initial snapshot runs: per table, the chunks the broker acknowledged (see _resume)."""
     jobs: list[IncrementalJob] = field(default_factory=list)
-    """Incremental snapshots not finished yet, with their progress as the broker acknowledged it."""
+    """Incremental snapshots not finished yet (also the rest of a resumed initial snapshot), with their
+    progress as the broker acknowledged it."""
     signals_offset: int = 0
     """Offset of the signal topic after the last request turned into jobs (see core.snapshot.SignalInbox)."""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"slot": self.slot, "consistent_lsn": lsn_to_str(self.consistent_lsn), "done": self.done, "tables": self.tables,
                              "shapes": {str(relid): s.to_json() for relid, s in self.shapes.items()}, "reread": self.reread,
-                             "jobs": [j.to_dict() for j in self.jobs], "signals_offset": self.signals_offset})
+                             "progress": {t: p.to_dict() for t, p in self.progress.items()}, "jobs": [j.to_dict() for j in self.jobs],
+                             "signals_offset": self.signals_offset})
 
     @classmethod
     def from_json(cls, value: bytes) -> _SnapshotState:
         d = orjson.loads(value)
         shapes = {int(relid): catalog.TableShape.from_json(s) for relid, s in d.get("shapes", {}).items()}
-        return cls(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []), shapes, d.get("reread", []),
-                   [IncrementalJob.from_dict(j) for j in d.get("jobs", [])], int(d.get("signals_offset", 0)))
+        progress = {t: ChunkProgress.from_dict(p) for t, p in d.get("progress", {}).items()}
+        jobs = [IncrementalJob.from_dict(j) for j in d.get("jobs", [])]
+        return cls(d["slot"], str_to_lsn(d["consistent_lsn"]), d["done"], d.get("tables", []), shapes, d.get("reread", []), progress, jobs,
+                   int(d.get("signals_offset", 0)))
+
+
+@dataclass
+class _TableRead:
+    """One table being snapshotted: what its chunks are read and published with."""
+
+    t: _Table
+    renamed: _Table | None
+    """The table under the name it had at its last snapshot, when it was renamed since (gets a `t`)."""
+    name: str
+    rel: str
+    lsn: int
+    rows: chunks.RowSql
+    plan: chunks.ChunkPlan
+    estimate: int | None
+    ts_ms: int
+    """When the table's snapshot began: `source.ts_ms` of its events."""
+    head: bytes
+    """The envelope's `source` up to `"lsn":` (see _Table.source_head)."""
+    started: float = 0.0
+    rows_published: int = 0
 
 
 class _NewTables(Exception):
@@ -169,6 +205,7 @@ class PostgresSource(Source):
         self._reread: set[str] = set()
         """Tables to read again (see _SnapshotState.reread)."""
         self._incremental = incremental.IncrementalSnapshots(self)
+        self._snapshot_types: dict[int, PgType] = {}
 
     # --- public contract ---------------------------------------------------------------------
 
@@ -271,8 +308,10 @@ class PostgresSource(Source):
             # Not the slot this source created for a snapshot that did not finish (that one is still at
             # its consistent point): someone else's, with WAL it retained. Never drop it.
             start_lsn, state = await self._existing_slot(slot, tables)
+        elif slot is not None:
+            start_lsn, state = await self._resume(state, tables)  # type: ignore[arg-type]
         else:
-            start_lsn, state = await self._initial(slot is not None, tables)
+            start_lsn, state = await self._initial(tables)
         while not stop.is_set():
             pending = await self._tables_to_read(tables, state)
             if pending:
@@ -325,32 +364,67 @@ class PostgresSource(Source):
         self._confirmed = slot.confirmed_flush_lsn
         return slot.confirmed_flush_lsn, state
 
-    async def _initial(self, slot_exists: bool, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
-        """Create the slot (again, if this source created it for a snapshot that didn't finish) and snapshot the tables."""
+    async def _initial(self, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
+        """Create the slot and snapshot the tables at its consistent point, chunk by chunk, recording
+        the acknowledged chunks in the state document so that a killed worker resumes (see _resume)."""
         cfg = self.config
         repl = ReplicationConnection(await catalog.connect(cfg.dsn, replication=True))
         try:
-            if slot_exists:
-                log.warning("source %s: the snapshot of slot %s did not finish; dropping the slot and starting over", cfg.name, cfg.slot_name)
-                await repl.drop_slot(cfg.slot_name)
             created = await repl.create_slot(cfg.slot_name, export_snapshot=cfg.snapshot == "initial")
             state = _SnapshotState(cfg.slot_name, created.consistent_lsn, done=False)
             await self._write_state(state)
             if cfg.snapshot == "initial":
                 assert created.snapshot_name
-                await self._snapshot(created.snapshot_name, created.consistent_lsn, tables)
+                await self._snapshot(created.snapshot_name, created.consistent_lsn, tables, resumable=state)
             else:
-                # No snapshot records the shapes: take them at the slot's start, so that a DDL streamed
-                # later is compared with the shape before it, not with the catalog as it is by then.
-                for relid in (await catalog.relids(self._meta, tables)).values():
-                    await self._record_shape(self._meta, relid, created.consistent_lsn)
+                await self._record_shapes_at_start(tables, created.consistent_lsn, only_missing=False)
         finally:
             await repl.close()
         await self._publisher.flush()
-        state.done, state.tables = True, [f"{s}.{t}" for s, t in tables]
+        state.done, state.tables, state.progress = True, [f"{s}.{t}" for s, t in tables], {}
         await self._write_state(state)
         self._confirmed = created.consistent_lsn
         return created.consistent_lsn, state
+
+    async def _record_shapes_at_start(self, tables: list[tuple[str, str]], lsn: int, *, only_missing: bool) -> None:
+        # No snapshot records the shapes: take them at the slot's start, so that a DDL streamed later
+        # is compared with the shape before it, not with the catalog as it is by then.
+        for relid in (await catalog.relids(self._meta, tables)).values():
+            if not (only_missing and relid in self._shapes):
+                await self._record_shape(self._meta, relid, lsn)
+
+    async def _resume(self, state: _SnapshotState, tables: list[tuple[str, str]]) -> tuple[int, _SnapshotState]:
+        """Our slot, still at its consistent point, whose initial snapshot did not finish: keep it (its
+        exported snapshot is gone with the process that read it, its changes since are in the slot).
+
+        Tables done stay done. A partly read table with a key continues with an incremental job from
+        the key after the last acknowledged chunk, while streaming from the original point. The others
+        (not started, or partly read without a key) are left out of `state.tables`, so `_run` reads them
+        whole at a temporary slot's point before streaming, as new tables: their `t` and rows sort
+        after what the first attempt published, and the sink drops their stream events from before it.
+        """
+        cfg = self.config
+        names = {f"{s}.{t}" for s, t in tables}
+        done = [name for name in state.tables if name in names]
+        jobs: list[str] = []
+        if cfg.snapshot == "never":
+            await self._record_shapes_at_start(tables, state.consistent_lsn, only_missing=True)
+            done = sorted(names)
+        for name, p in state.progress.items():
+            if name in names and name not in done and p.complete:
+                done.append(name)
+        finished = len(done)
+        for name, p in state.progress.items():
+            if name in names and name not in done and p.chunks_done and p.by == "key" and p.after is not None:
+                state.jobs.append(IncrementalJob(id="resume", table=name, reason="resume", after=p.after))
+                done.append(name)
+                jobs.append(f"{name} after {p.after}")
+        log.info("source %s: resuming the snapshot of slot %s at %s: %d tables done%s; the others are read again whole", cfg.name,
+                 cfg.slot_name, lsn_to_str(state.consistent_lsn), finished, f"; continuing incrementally: {', '.join(jobs)}" if jobs else "")
+        state.done, state.tables, state.progress = True, sorted(done), {}
+        await self._write_state(state)
+        self._confirmed = state.consistent_lsn
+        return state.consistent_lsn, state
 
     async def _snapshot_new_tables(self, tables: list[tuple[str, str]], state: _SnapshotState) -> None:
         """Snapshot tables that joined the publication while running, at a temporary slot's point.
@@ -360,6 +434,11 @@ class PostgresSource(Source):
         """
         cfg = self.config
         names = {f"{s}.{t}" for s, t in tables}
+        # A table dropped and created again (or created) since the last table refresh is not in the
+        # publication yet: added before the snapshot point, every change after it is streamed.
+        added = await catalog.sync_publication(self._meta, cfg.publication_name, tables)
+        if added:
+            log.info("source %s: new tables %s", cfg.name, ", ".join(f"{s}.{t}" for s, t in added))
         # `snapshot: never` skips the first copy of a table, not a re-read: after a schema change that
         # rewrote every row without row events, reading the table again is the only way to stay equal.
         read = tables if cfg.snapshot == "initial" else [(s, t) for s, t in tables if f"{s}.{t}" in self._reread]
@@ -427,59 +506,111 @@ class PostgresSource(Source):
 
     # --- snapshot ----------------------------------------------------------------------------
 
-    async def _snapshot(self, snapshot_name: str, lsn: int, tables: list[tuple[str, str]]) -> None:
+    async def _snapshot(self, snapshot_name: str, lsn: int, tables: list[tuple[str, str]], *, resumable: _SnapshotState | None = None) -> None:
+        """Read `tables` at the exported snapshot `snapshot_name` (consistent point `lsn`) on
+        `snapshot_parallelism` connections, chunk by chunk, publishing each table's chunks in order.
+        `resumable`: the state document of the slot's initial snapshot, whose per-table progress is
+        written as chunks are acknowledged."""
         cfg = self.config
-        conn = await catalog.connect(cfg.dsn)
+        n = cfg.snapshot_parallelism or default_parallelism()
+        book = chunks.ProgressBook(resumable.progress if resumable else None, resumable.tables if resumable else None, PROGRESS_INTERVAL_S)
+        conns = await chunks.open_readers(cfg.dsn, snapshot_name, n)
         try:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
+            log.info("source %s: snapshot of %d tables at %s on %d connections", cfg.name, len(tables), lsn_to_str(lsn), n)
+            async with chunks.OrderedReads(conns, ahead=n + 1) as reads:
                 for schema, table in tables:
-                    await self._snapshot_table(conn, lsn, schema, table)
+                    await self._snapshot_table(reads, book, lsn, schema, table)
+                await reads.finish()
         finally:
-            await conn.close()
+            await chunks.close_readers(conns)
+        if resumable is not None:
+            await self._publisher.flush()
+            book.commit()
+            await self._write_state()
+        self._sync_counts()
 
-    async def _snapshot_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> None:
+    async def _snapshot_table(self, reads: chunks.OrderedReads, book: chunks.ProgressBook, lsn: int, schema: str, table: str) -> None:
+        """Plan the table's chunks on a reader connection, then queue them; they are published in order."""
+        read = await (await reads.submit(lambda conn: self._plan_table(conn, lsn, schema, table), lambda r: self._start_table(r, book)))
+        for chunk in read.plan.chunks:
+            await reads.submit(functools.partial(self._read_chunk, read, chunk), functools.partial(self._publish_chunk, read, chunk, book))
+
+    async def _plan_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> _TableRead:
+        """The table's schema, shape and chunks, as the snapshot `conn` is in sees them."""
         relid, columns = await catalog.table_columns(conn, schema, table)
         t = await self._table(conn, relid, schema, table, columns)
         renamed_from = await self._record_shape(conn, relid, lsn)
-        ts_ms = self._now_ms = int(time.time() * 1000)
+        old = None
         if renamed_from is not None:
-            # The table was renamed: the lake table under the old name has no source table any more.
             old_schema, old_table = renamed_from.split(".", 1)
             old = await self._table(conn, relid, old_schema, old_table, columns)
+        await catalog.type_infos(conn, {o for _, o, _ in columns}, self._snapshot_types)
+        typed = [(name, self._snapshot_types[oid], typmod, conv) for (name, oid, typmod), conv in zip(columns, t.converters)]
+        rel = chunks.relation(schema, table)
+        kind, estimate, version = (await (await conn.execute(
+            "SELECT relkind, reltuples::bigint, current_setting('server_version_num')::int FROM pg_class WHERE oid = %s", (relid,))).fetchone())  # type: ignore[misc]
+        chunk_rows = self.config.snapshot_chunk_rows
+        if t.pk and (self.config.snapshot_chunking == "key" or kind == "p"):
+            key = [(k, t.schema.column(k).source_type, t.converters[t.names.index(k)]) for k in t.pk]
+            plan = await chunks.plan_key_chunks(conn, rel, key, chunk_rows)
+        elif kind == "p" or version < chunks.TID_RANGE_SCAN_VERSION:
+            plan = chunks.ChunkPlan("whole", [chunks.Chunk(0, "")])  # partitions have a CTID space each
+        else:
+            plan = await chunks.plan_ctid_chunks(conn, relid, rel, chunk_rows)
+        ts_ms = int(time.time() * 1000)
+        # The envelope's `source` is fixed here: chunks are read (and their envelopes built) while
+        # earlier ones are still being published.
+        return _TableRead(t, old, f"{schema}.{table}", rel, lsn, chunks.row_sql(typed, t.pk, t.key), plan, estimate, ts_ms,
+                          t.source_head(ts_ms, "true", None))
+
+    async def _start_table(self, read: _TableRead, book: chunks.ProgressBook) -> None:
+        """Publish the table's reset: a `t` first, so a snapshot that restarts never leaves stale rows."""
+        t, lsn, ts_ms = read.t, read.lsn, read.ts_ms
+        self._now_ms = int(time.time() * 1000)
+        if read.renamed is not None:
+            # The table was renamed: the lake table under the old name has no source table any more.
+            old = read.renamed
             self._emit(old, _T, TRUNCATE_KEY, None, None, old.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, 0))
-        head = t.source_head(ts_ms, "true", None)
-        # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
-        seq = 0
-        self._emit(t, _T, TRUNCATE_KEY, None, None, t.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
-        select = ", ".join(psycopg.sql.Identifier(c[0]).as_string(None) for c in columns)
-        rel = f"{psycopg.sql.Identifier(schema).as_string(None)}.{psycopg.sql.Identifier(table).as_string(None)}"
-        started, rows = time.monotonic(), 0
-        snapshot_rows = self._metrics.snapshot_rows(f"{schema}.{table}")
-        estimate = (await (await conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", (relid,))).fetchone())[0]  # type: ignore[index]
-        bars = progress.snapshots
-        bars.start(self.config.name, f"{schema}.{table}", estimate)
-        async with conn.cursor(name=f"lakeward_snapshot_{relid}") as cur:
-            await cur.execute(f"SELECT {select} FROM {rel}")
-            # Every value as its type's output function writes it, exactly what pgoutput sends; `col::text`
-            # differs for some types (boolean `true`, inet `/32`, character(n) unpadded).
-            for d in cur.description or ():
-                cur.adapters.register_loader(d.type_code, TextLoader)
-            while batch := await cur.fetchmany(self.config.snapshot_fetch_rows):
-                self._now_ms = int(time.time() * 1000)
-                for values in batch:
-                    seq += 1
-                    row = pgoutput.convert_row(list(values), t.columns)
-                    self._emit(t, _R, t.key(row), None, row, head, lsn, Position.postgres(lsn, Position.SNAPSHOT, seq))
-                rows += len(batch)
-                snapshot_rows.inc(len(batch))
-                bars.advance(self.config.name, f"{schema}.{table}", len(batch))
-                if self._publisher.has_full:
-                    await self._publisher.send_full()
-        self._sync_counts()
-        bars.finish(self.config.name, f"{schema}.{table}")
-        log.info("source %s: snapshot of %s.%s: %d rows in %.1fs", self.config.name, schema, table, rows, time.monotonic() - started)
+        self._emit(t, _T, TRUNCATE_KEY, None, None, t.source_head(ts_ms, "first", None), lsn, Position.postgres(lsn, Position.SNAPSHOT, 0))
+        read.started = time.monotonic()
+        book.start(read.name, read.plan.by, len(read.plan.chunks))
+        progress.snapshots.start(self.config.name, read.name, read.estimate)
+
+    async def _read_chunk(self, read: _TableRead, chunk: chunks.Chunk, conn: psycopg.AsyncConnection) -> list[tuple[bytes, bytes]]:
+        suffix = b',"source":%b%d},"op":"r","ts_ms":%d}' % (read.head, read.lsn, int(time.time() * 1000))
+        return await chunks.read_chunk(conn, read.rows, read.rel, chunk, _SNAPSHOT_PREFIX, suffix)
+
+    async def _publish_chunk(self, read: _TableRead, chunk: chunks.Chunk, book: chunks.ProgressBook, rows: list[tuple[bytes, bytes]]) -> None:
+        """Append the chunk's rows at positions (lsn, SNAPSHOT, chunk << 32 | row + 1): increasing in
+        publish order, and the same when the chunk is read again at the same point."""
+        t, publisher = read.t, self._publisher
+        topic, schema_header, pack, lsn = t.topic, t.schema_header, _PG_POSITION.pack, read.lsn
+        first = (chunk.index << 32) + 1
+        ts_ms = int(time.time() * 1000)
+        for start in range(0, len(rows), _PUBLISH_SLICE):
+            publisher.extend(topic, ((key, value, [(POSITION_HEADER, pack(lsn, _SNAPSHOT, seq)), schema_header])
+                                     for seq, (key, value) in enumerate(rows[start : start + _PUBLISH_SLICE], first + start)), ts_ms)
+            if publisher.has_full:
+                await publisher.send_full()
+            await asyncio.sleep(0)  # the readers' results arrive meanwhile
+        n = len(rows)
+        self.events_published += n
+        t.counts[_R] += n
+        read.rows_published += n
+        self._metrics.snapshot_rows(read.name).inc(n)
+        progress.snapshots.advance(self.config.name, read.name, n)
+        book.published(read.name, chunk, n)
+        last = chunk.index + 1 == len(read.plan.chunks)
+        if last:
+            self._sync_counts()
+            progress.snapshots.finish(self.config.name, read.name)
+            log.info("source %s: snapshot of %s: %d rows in %d chunks in %.1fs", self.config.name, read.name, read.rows_published,
+                     len(read.plan.chunks), time.monotonic() - read.started)
+        # A table of several chunks is recorded as done as soon as it is (not re-read after a kill).
+        if book.due(force=last and len(read.plan.chunks) > 1):
+            await publisher.flush()
+            book.commit()
+            await self._write_state()
 
     # --- streaming ---------------------------------------------------------------------------
 
