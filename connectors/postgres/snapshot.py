@@ -194,8 +194,8 @@ class Chunk:
     """The SQL condition selecting the chunk's rows ("" for the whole table)."""
     params: tuple[str, ...] = ()
     after: list[Any] | None = None
-    """Key chunks but the last: the key of the chunk's last row (its upper bound), as JSON values the
-    converters make (what IncrementalJob.after holds)."""
+    """Key chunks but the last: the key of the chunk's last row (its upper bound), as each key column's
+    text (`::text`), what IncrementalJob.after holds and the incremental chunk query casts back."""
 
 
 @dataclass
@@ -226,7 +226,7 @@ async def plan_key_chunks(conn: psycopg.AsyncConnection, rel: str, key: list[tup
         if upper is not None:
             conditions.append(f"{row} <= {bound}")
             params += tuple(upper)
-        after = None if upper is None else [conv(v) for (_, _, conv), v in zip(key, upper)]
+        after = None if upper is None else list(upper)
         chunks.append(Chunk(i, " AND ".join(conditions), params, after))
         previous = upper
     return ChunkPlan("key", chunks)

@@ -117,7 +117,6 @@ def test_pg_kill_mid_table_without_key(pg_snapshot_kill, prefix, database):
     assert sum(later for later, _ in counts.values()) < sum(rows for _, rows in counts.values())
 
 
-@pytest.mark.xfail(reason="runs once the incremental engine is merged", strict=False)
 def test_pg_kill_mid_keyed_table(pg_snapshot_kill, prefix, database):
     """Killed inside a table with a key: it continues with an incremental job after the last
     acknowledged key, so only the rows after it are read again."""
