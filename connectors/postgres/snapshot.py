@@ -365,7 +365,7 @@ class ChunkProgress:
     chunks: int
     chunks_done: int = 0
     after: list[Any] | None = None
-    """Key chunks: the key of the last row of the last chunk done (JSON values, e.g. [7] or ["a", 3])."""
+    """Key chunks: the key of the last row of the last chunk done (each key column's text, e.g. ["7"])."""
     rows: int = 0
 
     @property

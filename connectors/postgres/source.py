@@ -39,7 +39,7 @@ from lakeward.core.events import (
     NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
     TableSchema, lsn_to_str, str_to_lsn, table_topic,
 )
-from lakeward.core.snapshot import IncrementalJob, default_parallelism
+from lakeward.core.snapshot import IncrementalJob, TableProgress, default_parallelism
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,8 @@ class PostgresSource(Source):
 
     async def status(self) -> dict[str, Any]:
         value = await self.state.read()
-        jobs = _SnapshotState.from_json(value).jobs if value is not None else []
+        state = _SnapshotState.from_json(value) if value is not None else None
+        jobs = state.jobs if state is not None else []
         conn = await catalog.connect(self.config.dsn)
         try:
             row = await (await conn.execute(
@@ -233,7 +234,10 @@ class PostgresSource(Source):
             refused = incremental.unsupported_reason(conn.info.server_version)
         finally:
             await conn.close()
-        snapshot = [incremental.job_progress(j, estimates.get(j.table), refused).to_dict() for j in jobs]
+        # A running (or killed) initial snapshot's tables read in part, then the incremental jobs.
+        snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
+                    for t, p in sorted(state.progress.items())] if state is not None else []
+        snapshot += [incremental.job_progress(j, estimates.get(j.table), refused).to_dict() for j in jobs]
         if row is None:
             return {"source": self.config.name, "slot": self.config.slot_name, "exists": False, "snapshot": snapshot}
         return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],
