@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -157,3 +159,30 @@ def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.3):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}")
+
+
+class WriteLoad(threading.Thread):
+    """Small transactions on a PostgreSQL database until stopped; `transaction` says what each one
+    writes (it runs inside the transaction)."""
+
+    def __init__(self, dsn: str, seed: int, *, pause_s: float = 0.002):
+        super().__init__(daemon=True)
+        self.dsn, self.pause_s = dsn, pause_s
+        self.rnd = random.Random(seed)
+        self.halt = threading.Event()
+        self.transactions = 0
+
+    def transaction(self, conn: psycopg.Connection, rnd: random.Random) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.halt.is_set():
+                with conn.transaction():
+                    self.transaction(conn, self.rnd)
+                self.transactions += 1
+                time.sleep(self.pause_s)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,40 @@ def lake_equals_mysql(db: str, lake: Path, table: str, key: str = "id", *, dropp
                       booleans: tuple[str, ...] = ()) -> bool | str:
     """True when equal; else a short description of the first difference (for wait_until messages)."""
     return lakecheck.compare(f"{db}.{table}", lake_rows(lake, db, table, key), mysql_rows(db, table, key, booleans), dropped=dropped)
+
+
+class WriteLoad(threading.Thread):
+    """Small transactions on one database until stopped (`transaction` says what each one writes); a
+    deadlock or lock wait with the test's own statements is rolled back, as a client would."""
+
+    def __init__(self, db: str, first_id: int, seed: int, *, pause_s: float = 0.002):
+        super().__init__(daemon=True)
+        self.db, self.next_id, self.seed, self.pause_s = db, first_id, seed, pause_s
+        self.rnd = random.Random(seed)
+        self.halt = threading.Event()
+        self.transactions = 0
+
+    def transaction(self, cur: Any, rnd: random.Random) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        conn = connect(database=self.db)
+        conn.autocommit(False)
+        try:
+            with conn.cursor() as cur:
+                while not self.halt.is_set():
+                    try:
+                        self.transaction(cur, self.rnd)
+                        conn.commit()
+                        self.transactions += 1
+                    except pymysql.err.OperationalError as e:
+                        if e.args[0] not in (1213, 1205):
+                            raise
+                        conn.rollback()
+                    time.sleep(self.pause_s)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .conftest import BROKER, sql, wait_until, write_config
+from .conftest import BROKER, WriteLoad, sql, wait_until, write_config
 from .lakecheck import lake_equals_source, lake_rows, lake_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
@@ -36,35 +35,23 @@ def topic_end(topic: str) -> int:
     return asyncio.run(end())
 
 
-class Load(threading.Thread):
+class Load(WriteLoad):
     """Random inserts, updates and deletes in small transactions until stopped."""
 
     def __init__(self, dsn: str, table: str, first_id: int):
-        super().__init__(daemon=True)
-        self.dsn, self.table, self.next_id = dsn, table, first_id
-        self.halt = threading.Event()
-        self.transactions = 0
+        super().__init__(dsn, seed=7)
+        self.table, self.next_id = table, first_id
 
-    def run(self) -> None:
-        rnd = random.Random(7)
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.halt.is_set():
-                with conn.transaction():
-                    for _ in range(rnd.randint(1, 20)):
-                        action = rnd.random()
-                        if action < 0.5:
-                            conn.execute(f"INSERT INTO {self.table} (id, v, s) VALUES (%s, %s, md5(random()::text))", (self.next_id, rnd.randint(0, 99)))
-                            self.next_id += 1
-                        elif action < 0.85:
-                            conn.execute(f"UPDATE {self.table} SET v = v + 1, s = md5(random()::text) WHERE id = %s", (rnd.randint(1, self.next_id),))
-                        else:
-                            conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (rnd.randint(1, self.next_id),))
-                self.transactions += 1
-                time.sleep(0.002)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
+    def transaction(self, conn: psycopg.Connection, rnd: random.Random) -> None:
+        for _ in range(rnd.randint(1, 20)):
+            action = rnd.random()
+            if action < 0.5:
+                conn.execute(f"INSERT INTO {self.table} (id, v, s) VALUES (%s, %s, md5(random()::text))", (self.next_id, rnd.randint(0, 99)))
+                self.next_id += 1
+            elif action < 0.85:
+                conn.execute(f"UPDATE {self.table} SET v = v + 1, s = md5(random()::text) WHERE id = %s", (rnd.randint(1, self.next_id),))
+            else:
+                conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (rnd.randint(1, self.next_id),))
 
 
 def no_repeats_in_changelog(lake) -> None:

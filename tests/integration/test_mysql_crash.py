@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import connect, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import WriteLoad, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
 from .test_crash import topic_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
@@ -26,43 +25,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.crash]
 ROWS = 100_000
 
 
-class Load(threading.Thread):
+class Load(WriteLoad):
     """Random inserts, updates (some of the key) and deletes in small transactions until stopped."""
 
     def __init__(self, db: str, first_id: int, seed: int = 7):
-        super().__init__(daemon=True)
-        self.db, self.next_id, self.seed = db, first_id, seed
-        self.halt = threading.Event()
-        self.transactions = 0
+        super().__init__(db, first_id, seed)
 
-    def run(self) -> None:
-        rnd = random.Random(self.seed)
-        conn = connect(database=self.db)
-        conn.autocommit(False)
-        try:
-            with conn.cursor() as cur:
-                while not self.halt.is_set():
-                    for _ in range(rnd.randint(1, 20)):
-                        action = rnd.random()
-                        if action < 0.5:
-                            cur.execute("INSERT INTO items (id, v, s) VALUES (%s, %s, md5(rand()))", (self.next_id, rnd.randint(0, 99)))
-                            self.next_id += 1
-                        elif action < 0.8:
-                            cur.execute("UPDATE items SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, self.next_id),))
-                        elif action < 0.85:
-                            cur.execute("UPDATE IGNORE items SET id = %s WHERE id = %s", (self.next_id, rnd.randint(1, self.next_id)))
-                            self.next_id += 1
-                        else:
-                            cur.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, self.next_id),))
-                    conn.commit()
-                    self.transactions += 1
-                    time.sleep(0.002)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
+    def transaction(self, cur, rnd: random.Random) -> None:
+        for _ in range(rnd.randint(1, 20)):
+            action = rnd.random()
+            if action < 0.5:
+                cur.execute("INSERT INTO items (id, v, s) VALUES (%s, %s, md5(rand()))", (self.next_id, rnd.randint(0, 99)))
+                self.next_id += 1
+            elif action < 0.8:
+                cur.execute("UPDATE items SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, self.next_id),))
+            elif action < 0.85:
+                cur.execute("UPDATE IGNORE items SET id = %s WHERE id = %s", (self.next_id, rnd.randint(1, self.next_id)))
+                self.next_id += 1
+            else:
+                cur.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, self.next_id),))
 
 
 def no_repeats_in_changelog(lake, db) -> None:

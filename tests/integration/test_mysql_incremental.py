@@ -8,11 +8,9 @@ Requests are sent with core.snapshot.send_request, as `lakeward snapshot` does.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import orjson
-import pymysql
 import pytest
 from deltalake import DeltaTable
 
@@ -24,7 +22,7 @@ from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import MYSQL, connect, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import MYSQL, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
 from .test_mysql_crash import Load, no_repeats_in_changelog
 
 pytestmark = pytest.mark.integration
@@ -90,40 +88,6 @@ def positions_increase(topic: str) -> None:
             reread_at = pos
 
 
-class RetryingLoad(Load):
-    """Load's random writes, going on after a deadlock with the test's own statements (rolled back, as a client would)."""
-
-    def run(self) -> None:
-        rnd = random.Random(self.seed)
-        conn = connect(database=self.db)
-        conn.autocommit(False)
-        try:
-            with conn.cursor() as cur:
-                while not self.halt.is_set():
-                    try:
-                        for _ in range(rnd.randint(1, 20)):
-                            action = rnd.random()
-                            if action < 0.5:
-                                cur.execute("INSERT INTO items (id, v, s) VALUES (%s, %s, md5(rand()))", (self.next_id, rnd.randint(0, 99)))
-                                self.next_id += 1
-                            elif action < 0.8:
-                                cur.execute("UPDATE items SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, self.next_id),))
-                            elif action < 0.85:
-                                cur.execute("UPDATE IGNORE items SET id = %s WHERE id = %s", (self.next_id, rnd.randint(1, self.next_id)))
-                                self.next_id += 1
-                            else:
-                                cur.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, self.next_id),))
-                        conn.commit()
-                        self.transactions += 1
-                    except pymysql.err.OperationalError as e:
-                        if e.args[0] not in (1213, 1205):
-                            raise
-                        conn.rollback()
-                    time.sleep(0.002)
-        finally:
-            conn.close()
-
-
 @pytest.fixture
 def items(mysql_db, prefix, tmp_path, workers):
     """20,000 rows in `items`, a mirror and a changelog sink following the source; snapshot done."""
@@ -141,6 +105,19 @@ def items(mysql_db, prefix, tmp_path, workers):
     return db, prefix, cfg, mirror_lake, changelog_lake, source, sinks
 
 
+
+def wait_for_changelog(topic: str, changelog_lake, db: str) -> None:
+    """Until the changelog holds an event for every distinct position on the topic."""
+    expected = len({dict(r.headers)["lakeward.pos"] for r in records(topic)})
+
+    def changelog_complete():
+        dt = lake_table(changelog_lake, db, "items")
+        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
+        return n >= expected or f"changelog has {n} of {expected} events"
+
+    wait_until(changelog_complete, timeout=90, what="changelog complete", interval=1)
+
+
 def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, workers):
     db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
     topic = f"{prefix}.legacy.{db}.items"
@@ -156,14 +133,7 @@ def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, wo
     reads = incremental_reads(topic)
     assert len(reads) >= 20000, f"only {len(reads)} incremental rows"
     positions_increase(topic)
-    expected = len({dict(r.headers)["lakeward.pos"] for r in records(topic)})
-
-    def changelog_complete():
-        dt = lake_table(changelog_lake, db, "items")
-        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
-        return n >= expected or f"changelog has {n} of {expected} events"
-
-    wait_until(changelog_complete, timeout=90, what="changelog complete", interval=1)
+    wait_for_changelog(topic, changelog_lake, db)
     for w in (source, *sinks):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeats_in_changelog(changelog_lake, db)
@@ -247,14 +217,7 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
     assert rows - acked.rows <= again <= rows - acked.rows + 2 * 1000 + load.next_id - rows, (again, acked.rows)
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
     positions_increase(topic)
-    expected = len({dict(r.headers)["lakeward.pos"] for r in records(topic)})
-
-    def changelog_complete():
-        dt = lake_table(changelog_lake, db, "items")
-        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
-        return n >= expected or f"changelog has {n} of {expected} events"
-
-    wait_until(changelog_complete, timeout=90, what="changelog complete", interval=1)
+    wait_for_changelog(topic, changelog_lake, db)
     for w in (source, *sinks):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeats_in_changelog(changelog_lake, db)
@@ -262,7 +225,7 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
 
 def test_schema_changes_during_a_job(items, workers):
     db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
-    load = RetryingLoad(db, first_id=20001, seed=9)
+    load = Load(db, first_id=20001, seed=9)
     load.start()
     request(prefix, [f"{db}.items"])
     wait_until(lambda: (s := state(prefix)) is not None and s.jobs and s.jobs[0].rows >= 2000, timeout=60,

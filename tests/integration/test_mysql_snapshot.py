@@ -24,7 +24,7 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import MYSQL, connect, lake_equals_mysql, lake_rows, lake_table, msql, mquery, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import MYSQL, WriteLoad, connect, lake_equals_mysql, lake_rows, msql, mquery, mysql_db, write_mysql_config  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -52,45 +52,27 @@ def create_tables(db: str, rows: int = ROWS) -> None:
             msql(f"INSERT INTO {name} SELECT {key}, seq, seq % 100 FROM seq_1_to_{rows}", db=db)
 
 
-class Writes(threading.Thread):
+class Writes(WriteLoad):
     """Small transactions on every table until stopped: inserts, updates of keyed rows, deletes."""
 
     def __init__(self, db: str, first_id: int, seed: int = 3):
-        super().__init__(daemon=True)
-        self.db, self.next_id, self.rnd = db, first_id, random.Random(seed)
-        self.halt = threading.Event()
-        self.transactions = 0
+        super().__init__(db, first_id, seed, pause_s=0.001)
 
-    def run(self) -> None:
-        conn = connect(database=self.db)
-        conn.autocommit(False)
-        rnd = self.rnd
-        try:
-            with conn.cursor() as cur:
-                while not self.halt.is_set():
-                    i = self.next_id
-                    self.next_id += 1
-                    table = rnd.choice(list(TABLES))
-                    if table == "n_plain":
-                        cur.execute("INSERT INTO n_plain VALUES (%s, 1, 'new')", (i,))
-                        cur.execute("DELETE FROM n_plain WHERE id = %s", (rnd.randint(1, i),))
-                    elif table == "k_composite":
-                        cur.execute("INSERT INTO k_composite VALUES (%s, %s, %s, 1)", (i % 7, f"N-{i}", i))
-                        cur.execute("UPDATE k_composite SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
-                    else:
-                        key = f"new {i}" if table != "k_binary" else i.to_bytes(16, "big")
-                        cur.execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (key, i))
-                        cur.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
-                        cur.execute(f"DELETE FROM {table} WHERE id = %s", (rnd.randint(1, i),))
-                    conn.commit()
-                    self.transactions += 1
-                    time.sleep(0.001)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
+    def transaction(self, cur, rnd: random.Random) -> None:
+        i = self.next_id
+        self.next_id += 1
+        table = rnd.choice(list(TABLES))
+        if table == "n_plain":
+            cur.execute("INSERT INTO n_plain VALUES (%s, 1, 'new')", (i,))
+            cur.execute("DELETE FROM n_plain WHERE id = %s", (rnd.randint(1, i),))
+        elif table == "k_composite":
+            cur.execute("INSERT INTO k_composite VALUES (%s, %s, %s, 1)", (i % 7, f"N-{i}", i))
+            cur.execute("UPDATE k_composite SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
+        else:
+            key = f"new {i}" if table != "k_binary" else i.to_bytes(16, "big")
+            cur.execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (key, i))
+            cur.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
+            cur.execute(f"DELETE FROM {table} WHERE id = %s", (rnd.randint(1, i),))
 
 
 def configs(tmp_path: Path, db: str, prefix: str, **source_opts) -> tuple[Path, Path, Path, Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 
 import orjson
@@ -16,10 +15,9 @@ import pytest
 
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
-from lakeward.core.events import Position
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import connect, lake_equals_mysql, msql, mysql_db  # noqa: F401
+from .mysql_fixtures import WriteLoad, lake_equals_mysql, msql, mysql_db  # noqa: F401
 from .test_crash import topic_end
 from .test_mysql_snapshot import changelog_equals_mysql, configs, no_repeats, snapshot_positions, topic_records
 
@@ -40,41 +38,22 @@ def tables(mysql_db):
     return db
 
 
-class Writes(threading.Thread):
+class Writes(WriteLoad):
     """Small transactions until stopped: inserts, updates and deletes of the keyed tables, inserts and
     deletes of the keyless one (its changelog is replayed: no updates there)."""
 
     def __init__(self, db: str, seed: int = 17):
-        super().__init__(daemon=True)
-        self.db, self.rnd = db, random.Random(seed)
-        self.next_id = 10_000_000
-        self.halt = threading.Event()
-        self.transactions = 0
+        super().__init__(db, 10_000_000, seed)
 
-    def run(self) -> None:
-        conn = connect(database=self.db)
-        conn.autocommit(False)
-        rnd = self.rnd
-        try:
-            with conn.cursor() as cur:
-                while not self.halt.is_set():
-                    for _ in range(rnd.randint(1, 5)):
-                        table = rnd.choice(list(ROWS))
-                        self.next_id += 1
-                        cur.execute(f"INSERT INTO {table} VALUES (%s, 1, md5(rand()))", (self.next_id,))
-                        victim = rnd.randint(1, ROWS[table])
-                        if table != "b_nokey":
-                            cur.execute(f"UPDATE {table} SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, ROWS[table]),))
-                        cur.execute(f"DELETE FROM {table} WHERE id = %s", (victim,))
-                    conn.commit()
-                    self.transactions += 1
-                    time.sleep(0.002)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
+    def transaction(self, cur, rnd: random.Random) -> None:
+        for _ in range(rnd.randint(1, 5)):
+            table = rnd.choice(list(ROWS))
+            self.next_id += 1
+            cur.execute(f"INSERT INTO {table} VALUES (%s, 1, md5(rand()))", (self.next_id,))
+            victim = rnd.randint(1, ROWS[table])
+            if table != "b_nokey":
+                cur.execute(f"UPDATE {table} SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, ROWS[table]),))
+            cur.execute(f"DELETE FROM {table} WHERE id = %s", (victim,))
 
 
 def read_state(prefix: str) -> dict | None:

@@ -12,7 +12,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
 import time
 
 import orjson
@@ -24,7 +23,7 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 from lakeward.core.snapshot import new_request, send_request
 
-from .conftest import BROKER, read_topic, sql, wait_until, write_config
+from .conftest import BROKER, WriteLoad, read_topic, sql, wait_until, write_config
 from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, source_rows
 from .test_crash import Load, no_repeats_in_changelog, topic_end
 
@@ -60,44 +59,33 @@ def reads(topic: str, *, since: int = 0) -> list[dict]:
     return [e["after"] for e in events(topic, since=since) if e["op"] == "r"]
 
 
-class HotLoad(threading.Thread):
+class HotLoad(WriteLoad):
     """Updates, deletes and re-inserts of the SAME keys (a hot set spread over the table) plus inserts
     of new keys and deletes of others, in small transactions, until stopped. Hot keys retire one by
     one, so a stale row published by a snapshot would not be overwritten by a later change."""
 
     def __init__(self, dsn: str, hot: list[int], first_new: int, seed: int, retire_after_s: float):
-        super().__init__(daemon=True)
-        self.dsn, self.hot, self.next_new, self.rnd = dsn, list(hot), first_new, random.Random(seed)
+        super().__init__(dsn, seed, pause_s=0.001)
+        self.hot, self.next_new = list(hot), first_new
         self.retire_every = retire_after_s / max(1, len(hot))
-        self.halt = threading.Event()
-        self.transactions = 0
+        self.started = time.monotonic()
 
-    def run(self) -> None:
-        started = time.monotonic()
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.halt.is_set():
-                retired = int((time.monotonic() - started) / self.retire_every)
-                live = self.hot[retired:] or self.hot[-1:]
-                with conn.transaction():
-                    for _ in range(self.rnd.randint(1, 8)):
-                        k, action = self.rnd.choice(live), self.rnd.random()
-                        if action < 0.45:
-                            conn.execute("UPDATE items SET v = v + 1, s = md5(random()::text) WHERE id = %s", (k,))
-                        elif action < 0.6:
-                            conn.execute("DELETE FROM items WHERE id = %s", (k,))
-                        elif action < 0.8:
-                            conn.execute("INSERT INTO items VALUES (%s, 0, 'back') ON CONFLICT (id) DO UPDATE SET v = items.v + 1, s = 'again'", (k,))
-                        elif action < 0.9:
-                            conn.execute("INSERT INTO items VALUES (%s, 1, 'new')", (self.next_new,))
-                            self.next_new += 2
-                        else:
-                            conn.execute("DELETE FROM items WHERE id = %s", (self.rnd.randint(1, 3000),))
-                self.transactions += 1
-                time.sleep(0.001)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
+    def transaction(self, conn: psycopg.Connection, rnd: random.Random) -> None:
+        retired = int((time.monotonic() - self.started) / self.retire_every)
+        live = self.hot[retired:] or self.hot[-1:]
+        for _ in range(rnd.randint(1, 8)):
+            k, action = rnd.choice(live), rnd.random()
+            if action < 0.45:
+                conn.execute("UPDATE items SET v = v + 1, s = md5(random()::text) WHERE id = %s", (k,))
+            elif action < 0.6:
+                conn.execute("DELETE FROM items WHERE id = %s", (k,))
+            elif action < 0.8:
+                conn.execute("INSERT INTO items VALUES (%s, 0, 'back') ON CONFLICT (id) DO UPDATE SET v = items.v + 1, s = 'again'", (k,))
+            elif action < 0.9:
+                conn.execute("INSERT INTO items VALUES (%s, 1, 'new')", (self.next_new,))
+                self.next_new += 2
+            else:
+                conn.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, 3000),))
 
 
 def check_reads_against_changelog(lake) -> int:

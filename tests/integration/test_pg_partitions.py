@@ -56,7 +56,7 @@ def test_partitioned_table_is_one_table(database, prefix, tmp_path, workers):
     wait_until(equal, timeout=90, what="the streamed changes")
     import time
     time.sleep(3)  # a table refresh (every 1 s here) and the Relation messages of every partition have gone by
-    assert topics(prefix) == {f"{prefix}.shop.public.m", f"{prefix}.shop.__schemas", f"{prefix}.shop.__state"}
+    assert topics(prefix) == {f"{prefix}.shop.public.m", f"{prefix}.shop.__schemas", f"{prefix}.shop.__state", f"{prefix}.shop.__signals"}
     for part in ("m_2024", "m_2024_h0", "m_2024_h1", "m_2025", "m_2026", "m_2027"):
         assert lake_table(lake, part) is None
     assert worker.terminate() == 0, worker.output()
