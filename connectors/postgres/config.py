@@ -26,8 +26,8 @@ class PostgresSourceConfig(PluginConfig):
     """`initial`: copy the tables' current rows first, consistent with the slot. `never`: changes only
     (a table is still read again after a schema change that rewrote its rows without row events)."""
     snapshot_fetch_rows: int = Field(default=20_000, ge=100)
-    """No longer used: a snapshot reads each chunk (`snapshot_chunk_rows`) in one round trip. Kept so
-    that configs setting it stay valid."""
+    """Rows fetched per round trip by an incremental snapshot's chunk query (the initial snapshot reads
+    each chunk, `snapshot_chunk_rows`, in one round trip)."""
     snapshot_parallelism: int | None = Field(default=None, ge=1)
     """Connections reading a snapshot at once, all at the same consistent point; unset: the machine's
     cores, at most 4. Each holds up to `snapshot_chunk_rows` rows in memory."""
