@@ -87,6 +87,13 @@ class IncrementalJob:
         return {"id": self.id, "table": self.table, "reason": self.reason, "where": self.where, "after": self.after,
                 "rows": self.rows, "chunks": self.chunks}
 
+    def progress(self, estimate: int | None, error: str | None = None) -> TableProgress:
+        """The job as `lakeward status` shows it (rows and chunks acknowledged so far)."""
+        extra: dict[str, Any] = {"id": self.id, "reason": self.reason, "where": self.where}
+        if error:
+            extra["error"] = error
+        return TableProgress(self.table, "incremental", rows=self.rows, estimate=estimate, chunks_done=self.chunks, extra=extra)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IncrementalJob:
         return cls(str(d["id"]), d["table"], d.get("reason", "request"), d.get("where"), d.get("after"), int(d.get("rows", 0)),

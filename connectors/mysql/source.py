@@ -155,7 +155,7 @@ class MySQLSource(Source):
             finally:
                 conn.close()
             out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid,
-                                   "snapshot": [job_progress(j, estimates.get(j.table)).to_dict() for j in jobs]}
+                                   "snapshot": [j.progress(estimates.get(j.table)).to_dict() for j in jobs]}
             if state and state.resume:
                 out["lag_bytes"] = bytes_behind(sizes, state.resume.file, state.resume.pos)
             return out
@@ -507,12 +507,6 @@ def refusal(conn: Any, cfg: MySQLSourceConfig, name: str, where: str | None) -> 
                 raise
             return f"the condition --where {where!r} fails on table {name}: {e.args[-1]}"
     return None
-
-
-def job_progress(job: IncrementalJob, estimate: int | None) -> TableProgress:
-    """An incremental job as `lakeward status` shows it (rows and chunks acknowledged so far)."""
-    return TableProgress(job.table, "incremental", job.rows, estimate, job.chunks, None, False,
-                         {"id": job.id, "reason": job.reason, "where": job.where})
 
 
 def row_estimate(conn: Any, name: str) -> int | None:

@@ -42,7 +42,7 @@ from psycopg.types.string import TextLoader
 from lakeward.connectors.postgres import catalog, pgoutput
 from lakeward.core import progress
 from lakeward.core.events import OP_READ, OP_TRUNCATE, Position
-from lakeward.core.snapshot import IncrementalJob, SignalInbox, SnapshotRequest, TableProgress
+from lakeward.core.snapshot import IncrementalJob, SignalInbox, SnapshotRequest
 
 if TYPE_CHECKING:
     from lakeward.connectors.postgres.source import PostgresSource, _Table
@@ -199,13 +199,6 @@ def chunk_query(schema: str, table: str, columns: list[str], key: list[str], key
     if conds:
         sql += " WHERE " + " AND ".join(conds)
     return f"{sql} ORDER BY {keys} LIMIT {int(limit)}"
-
-
-def job_progress(job: IncrementalJob, estimate: int | None, error: str | None = None) -> TableProgress:
-    extra: dict[str, Any] = {"id": job.id, "reason": job.reason, "where": job.where}
-    if error:
-        extra["error"] = error
-    return TableProgress(job.table, "incremental", rows=job.rows, estimate=estimate, chunks_done=job.chunks, extra=extra)
 
 
 def job_failed(exc: BaseException) -> bool:

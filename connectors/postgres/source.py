@@ -237,7 +237,7 @@ class PostgresSource(Source):
         # A running (or killed) initial snapshot's tables read in part, then the incremental jobs.
         snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
                     for t, p in sorted(state.progress.items())] if state is not None else []
-        snapshot += [incremental.job_progress(j, estimates.get(j.table), refused).to_dict() for j in jobs]
+        snapshot += [j.progress(estimates.get(j.table), refused).to_dict() for j in jobs]
         if row is None:
             return {"source": self.config.name, "slot": self.config.slot_name, "exists": False, "snapshot": snapshot}
         return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],

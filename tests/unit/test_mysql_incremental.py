@@ -10,7 +10,7 @@ from lakeward.connectors.mysql.incremental import (
     INCREMENTAL_SEQUENCE_BASE, Chunk, Jobs, chunk_args, chunk_query, decode_key, encode_key, touches,
 )
 from lakeward.connectors.mysql.snapshot import BinlogPoint
-from lakeward.connectors.mysql.source import SourceState, job_progress
+from lakeward.connectors.mysql.source import SourceState
 from lakeward.connectors.mysql.types import ColumnDef
 from lakeward.core.events import Position
 from lakeward.core.snapshot import IncrementalJob
@@ -114,7 +114,7 @@ def test_state_document_keeps_jobs_counter_and_offset():
 
 
 def test_status_shows_a_job():
-    p = job_progress(IncrementalJob("r1", "d.a", "resume", None, [3], 300, 3), 1000).to_dict()
+    p = IncrementalJob("r1", "d.a", "resume", None, [3], 300, 3).progress(1000).to_dict()
     assert p == {"table": "d.a", "kind": "incremental", "rows": 300, "estimate": 1000, "chunks_done": 3, "chunks": None,
                  "done": False, "id": "r1", "reason": "resume", "where": None}
 
