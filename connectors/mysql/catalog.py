@@ -307,3 +307,9 @@ def table_engines(conn: pymysql.Connection, tables: list[tuple[str, str]]) -> di
                        + " OR ".join(["(TABLE_SCHEMA = %s AND TABLE_NAME = %s)"] * len(tables)),
                  [x for t in tables for x in t])
     return {(d, t): (e or "") for d, t, e in rows}
+
+
+def row_estimate(conn: pymysql.Connection, db: str, table: str) -> int | None:
+    """InnoDB's row estimate of a table (information_schema.tables.table_rows); None when unknown."""
+    rows = query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s", (db, table))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None

@@ -437,10 +437,8 @@ class ChunkPool:
         if found is None:
             return None
         defs, pk = found
-        estimate = catalog.query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-                                 (db, table))
         bounds = chunk_bounds(conn, db, table, defs, tuple(pk), self.chunk_rows, self._aborted) if chunkable(defs, tuple(pk)) else None
-        return TablePlan(db, table, defs, tuple(pk), int(estimate[0][0] or 0) if estimate else None, bounds)
+        return TablePlan(db, table, defs, tuple(pk), catalog.row_estimate(conn, db, table) or 0, bounds)
 
     def read(self, chunk: Chunk) -> None:
         """Read the chunk on a pool thread; its pieces go to chunk.pieces (see pieces())."""

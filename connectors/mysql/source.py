@@ -151,7 +151,7 @@ class MySQLSource(Source):
                 server = catalog.server_info(conn)
                 file, pos, gtid = catalog.master_status(conn, server)
                 sizes = catalog.query(conn, "SHOW BINARY LOGS")
-                estimates = {j.table: row_estimate(conn, j.table) for j in jobs}
+                estimates = {j.table: catalog.row_estimate(conn, *j.table.split(".", 1)) for j in jobs}
             finally:
                 conn.close()
             out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid,
@@ -420,7 +420,7 @@ class MySQLSource(Source):
                 if why:
                     log.error("source %s: snapshot request %s: %s; skipping this table (the capture goes on)", cfg.name, request.id, why)
                     continue
-                out.append((IncrementalJob(request.id, name, "request", request.where), row_estimate(conn, name)))
+                out.append((IncrementalJob(request.id, name, "request", request.where), catalog.row_estimate(conn, *name.split(".", 1))))
                 log.info("source %s: snapshot request %s: re-reading %s%s while streaming", cfg.name, request.id, name,
                          f" where {request.where}" if request.where else "")
             return out
@@ -507,13 +507,6 @@ def refusal(conn: Any, cfg: MySQLSourceConfig, name: str, where: str | None) -> 
                 raise
             return f"the condition --where {where!r} fails on table {name}: {e.args[-1]}"
     return None
-
-
-def row_estimate(conn: Any, name: str) -> int | None:
-    db, _, table = name.partition(".")
-    rows = catalog.query(conn, "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-                         (db, table))
-    return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def bytes_behind(binary_logs: list[tuple], file: str, pos: int) -> int:
