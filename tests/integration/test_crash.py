@@ -54,6 +54,17 @@ class Load(WriteLoad):
                 conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (rnd.randint(1, self.next_id),))
 
 
+def wait_for_changelog(changelog_lake, topic: str, *, timeout: float) -> None:
+    """Until the changelog of `items` holds as many events as the topic."""
+
+    def changelog_complete():
+        rows = lake_table(changelog_lake, "items")
+        n = rows.to_pyarrow_dataset().count_rows() if rows else 0
+        return n >= topic_end(topic) or f"changelog has {n} of {topic_end(topic)} events"
+
+    wait_until(changelog_complete, timeout=timeout, what="changelog complete", interval=1)
+
+
 def no_repeats_in_changelog(lake) -> None:
     rows = lake_rows(lake, "items", key="_lakeward_position", metadata=True)
     positions = [r["_lakeward_position"] for r in rows]
@@ -130,12 +141,7 @@ def test_kill_sinks_between_commits_under_load(crash_setup):
     # Every event on the topic is in the changelog exactly once (compare with the topic's length).
     topic = f"{prefix}.shop.public.items"
 
-    def changelog_complete():
-        rows = lake_table(changelog_lake, "items")
-        n = rows.to_pyarrow_dataset().count_rows() if rows else 0
-        return n >= topic_end(topic) or f"changelog has {n} of {topic_end(topic)} events"
-
-    wait_until(changelog_complete, timeout=120, what="changelog complete", interval=1)
+    wait_for_changelog(changelog_lake, topic, timeout=120)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeats_in_changelog(changelog_lake)

@@ -88,19 +88,25 @@ def positions_increase(topic: str) -> None:
             reread_at = pos
 
 
-@pytest.fixture
-def items(mysql_db, prefix, tmp_path, workers):
-    """20,000 rows in `items`, a mirror and a changelog sink following the source; snapshot done."""
-    db = mysql_db
+def start_items(db: str, prefix: str, tmp_path, workers, *, rows: int, chunk_rows: int):
+    """`items` with `rows` rows, then the source and a mirror and a changelog sink following it:
+    (mirror config, mirror lake, changelog lake, source, sinks)."""
     msql("CREATE TABLE items (id bigint PRIMARY KEY, v int, s char(32))",
-         "INSERT INTO items SELECT seq, seq % 100, md5(seq) FROM seq_1_to_20000", db=db)
+         f"INSERT INTO items SELECT seq, seq % 100, md5(seq) FROM seq_1_to_{rows}", db=db)
     mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
-    extra = "    snapshot_chunk_rows: 200\n"
+    extra = f"    snapshot_chunk_rows: {chunk_rows}\n"
     cfg = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=mirror_lake, extra_source=extra)
     log_cfg = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=changelog_lake, mode="changelog",
                                  extra_source=extra, sink_name="log")
     sinks = [workers(cfg, "--sink", "lake").start(), workers(log_cfg, "--sink", "log").start()]
-    source = workers(cfg, "--source", "legacy").start()
+    return cfg, mirror_lake, changelog_lake, workers(cfg, "--source", "legacy").start(), sinks
+
+
+@pytest.fixture
+def items(mysql_db, prefix, tmp_path, workers):
+    """20,000 rows in `items`, a mirror and a changelog sink following the source; snapshot done."""
+    db = mysql_db
+    cfg, mirror_lake, changelog_lake, source, sinks = start_items(db, prefix, tmp_path, workers, rows=20_000, chunk_rows=200)
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=90, what="the initial snapshot in the mirror")
     return db, prefix, cfg, mirror_lake, changelog_lake, source, sinks
 
@@ -177,15 +183,7 @@ def test_idle_binlog_does_not_stall_a_job_and_repairs_a_lake(items, workers):
 
 def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_path, workers):
     db, rows = mysql_db, 100_000
-    msql("CREATE TABLE items (id bigint PRIMARY KEY, v int, s char(32))",
-         f"INSERT INTO items SELECT seq, seq % 100, md5(seq) FROM seq_1_to_{rows}", db=db)
-    mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
-    extra = "    snapshot_chunk_rows: 1000\n"
-    cfg = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=mirror_lake, extra_source=extra)
-    log_cfg = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=changelog_lake, mode="changelog",
-                                 extra_source=extra, sink_name="log")
-    sinks = [workers(cfg, "--sink", "lake").start(), workers(log_cfg, "--sink", "log").start()]
-    source = workers(cfg, "--source", "legacy").start()
+    cfg, mirror_lake, changelog_lake, source, sinks = start_items(db, prefix, tmp_path, workers, rows=rows, chunk_rows=1000)
     wait_until(lambda: (s := state(prefix)) is not None and s.snapshot_done, timeout=90, what="the initial snapshot")
     topic = f"{prefix}.legacy.{db}.items"
 

@@ -25,7 +25,7 @@ from lakeward.core.snapshot import new_request, send_request
 
 from .conftest import BROKER, WriteLoad, read_topic, sql, wait_until, write_config
 from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, source_rows
-from .test_crash import Load, no_repeats_in_changelog, topic_end
+from .test_crash import Load, no_repeats_in_changelog, topic_end, wait_for_changelog
 
 pytestmark = pytest.mark.integration
 
@@ -149,12 +149,7 @@ def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, p
     assert len({r["id"] for r in got}) == len(got), "a row was published twice by one snapshot"
     wait_until(lambda: lake_equals_source(database, mirror_lake, "items"), timeout=90, what="mirror == source", interval=1)
 
-    def changelog_complete():
-        dt = lake_table(changelog_lake, "items")
-        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
-        return n >= topic_end(topic) or f"changelog has {n} of {topic_end(topic)} events"
-
-    wait_until(changelog_complete, timeout=90, what="changelog complete", interval=1)
+    wait_for_changelog(changelog_lake, topic, timeout=90)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeats_in_changelog(changelog_lake)
