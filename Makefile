@@ -65,7 +65,7 @@ test: services venv
 # build takes minutes on a fresh machine).
 demo: venv
 	$(SERVICES) start postgres kafka mariadb
-	$(PY) -m lakeward.core.demo deploy/lakeward.yaml
+	$(PY) -m lakeward.app.demo deploy/lakeward.yaml
 
 bench: services venv
 	$(PY) benchmarks/pipeline.py

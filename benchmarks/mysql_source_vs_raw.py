@@ -27,7 +27,6 @@ from lakeward.connectors.mysql.source import MySQLSource
 from lakeward.core.config import BrokerConfig, LakeConfig
 from lakeward.sinks.delta.config import DeltaSinkConfig
 from lakeward.sinks.delta.sink import DeltaSink
-
 from tests.integration.conftest import BROKER, prefix  # noqa: F401 (fixture)
 from tests.integration.mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
 

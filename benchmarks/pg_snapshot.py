@@ -32,7 +32,17 @@ from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pipeline import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, cpu_seconds, dsn_for, kafka_pid, machine_cpu, proc_status_kb  # noqa: E402
+from pipeline import (  # noqa: E402
+    ADMIN_DSN,
+    BROKER,
+    INSERT,
+    TABLE_DDL,
+    cpu_seconds,
+    dsn_for,
+    kafka_pid,
+    machine_cpu,
+    proc_status_kb,
+)
 
 
 def postgres_cpu() -> float:
@@ -82,7 +92,7 @@ sources:
     snapshot_chunk_rows: {chunk_rows}
 sinks: []
 """)
-    args = [sys.executable, "-m", "lakeward.core.cli", "-c", str(cfg), "run", "--source", "shop"]
+    args = [sys.executable, "-m", "lakeward.app.cli", "-c", str(cfg), "run", "--source", "shop"]
     broker = BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix)
     consumer = kafka.consumer(broker, isolation_level="read_uncommitted")
     await kafka.start_client(consumer, broker)

@@ -7,7 +7,7 @@
 
 Needs the local PostgreSQL and Kafka of `make services` (endpoints from LAKEWARD_TEST_PG_DSN and
 LAKEWARD_TEST_BROKER, as the tests) and pg_recvlogical. Every worker runs as its own
-`python -m lakeward.core.cli -c CFG run --source shop | --sink lake` subprocess, with the
+`python -m lakeward.app.cli -c CFG run --source shop | --sink lake` subprocess, with the
 product's default settings (only `snapshot: never`, and names/paths that keep runs apart).
 
 What is measured (a fresh database; table `bench`: bigint pk, int, text md5, numeric(12,2),
@@ -49,7 +49,7 @@ import time
 import uuid
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ class Worker:
         python = [sys.executable]
         if profile is not None:  # a sampling profile of the worker (pyinstrument must be installed)
             python += ["-m", "pyinstrument", "-r", "session", "-o", str(profile)]
-        self.args = [*python, "-m", "lakeward.core.cli", "--log-format", "json", "-c", str(config), "run", *which]
+        self.args = [*python, "-m", "lakeward.app.cli", "--log-format", "json", "-c", str(config), "run", *which]
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
 
@@ -210,7 +210,7 @@ class Worker:
         while time.monotonic() < deadline:
             for d in self.lines():
                 if needle in d.get("msg", ""):
-                    ts = datetime.strptime(d["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+                    ts = datetime.strptime(d["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
                     return ts.timestamp()
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.role} worker exited ({self.proc.returncode}) before logging {needle!r}:\n{self.tail()}")
@@ -521,7 +521,7 @@ class Bench:
             ws_cpu = cpu_seconds(ws_pid) or ws_cpu
             try:
                 await asyncio.wait_for(proc.wait(), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         seconds, machine, r1 = time.monotonic() - t0, machine_cpu() - m0, resource.getrusage(resource.RUSAGE_CHILDREN)
         recv_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
@@ -849,7 +849,7 @@ def print_table(table: list[tuple[str, str, str, str]]) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     bench = Bench(args)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     res: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python benchmarks/pipeline.py " + " ".join(sys.argv[1:]),
@@ -881,7 +881,7 @@ async def main(args: argparse.Namespace) -> int:
             raise
     finally:
         res["loadavg_end"] = os.getloadavg()
-        res["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        res["finished"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             await bench.teardown()
         except Exception as e:  # noqa: BLE001

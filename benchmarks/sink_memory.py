@@ -52,7 +52,7 @@ def child(config: str, fetch: int, noop_commit: bool) -> None:
     broker.consumer = sink.consumer = consumer
     if noop_commit:
         lake.LakeTable.commit = lambda self, plan, **kw: lake.Committed(ok=True, version=1, committed_at=time.time())
-    from lakeward.core.cli import main
+    from lakeward.app.cli import main
 
     started = time.monotonic()
     sys.argv = ["lakeward", "--log-level", "WARNING", "-c", config, "replay", "--sink", "lake", "--from-beginning"]
@@ -129,7 +129,7 @@ sinks:
             conn.execute("INSERT INTO big SELECT g, g %% 1000, md5(g::text), g * 1.25, now(), g %% 2 = 0 FROM generate_series(1, %s) g",
                          (args.rows,))
         print(f"publishing {args.rows:,} rows through the PostgreSQL source ...", flush=True)
-        source = subprocess.Popen([sys.executable, "-m", "lakeward.core.cli", "--log-level", "WARNING", "-c", str(config), "run",
+        source = subprocess.Popen([sys.executable, "-m", "lakeward.app.cli", "--log-level", "WARNING", "-c", str(config), "run",
                                    "--source", "shop", "--metrics-port", "0"])
         topic = f"{prefix}.shop.public.big"
         deadline = time.monotonic() + 600

@@ -23,7 +23,7 @@ numeric/decimal(12,2), timestamptz/timestamp, boolean; filled like benchmarks/pi
 Seconds and rows/s count from the source worker's process start (imports, connecting, creating the slot and
 planning the snapshot included); "1st event s" is when the table's `t` reached the broker.
 
-Each worker runs as `python -m lakeward.core.cli -c CFG run --source shop | --sink lake` with the product's
+Each worker runs as `python -m lakeward.app.cli -c CFG run --source shop | --sink lake` with the product's
 defaults but for the snapshot settings. Reported: seconds, rows/s, rows/s as a fraction of the limit, and the
 peak RSS (VmHWM of /proc/<pid>/status, polled) of the source and of the sink process. If this checkout's
 source config has no `snapshot_parallelism`, only the default is run (said in the output). Everything the
@@ -42,18 +42,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiokafka import TopicPartition
+from pipeline import BROKER, ROOT, Worker, log
+from snapshot_databases import SOURCE, MySQL, Postgres
 
 from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import table_topic
-from pipeline import BROKER, ROOT, Worker, log
-from snapshot_databases import SOURCE, MySQL, Postgres
 
 MODES = ("source", "e2e")
 MODE_LABELS = {"source": "source only (→ broker acked)", "e2e": "end to end (→ Delta mirror)"}
@@ -96,7 +97,7 @@ class PeakRss:
 
     def __init__(self, **workers: Worker | None):
         self.workers = {k: w for k, w in workers.items() if w is not None}
-        self.peak_mb: dict[str, float | None] = {k: None for k in workers}
+        self.peak_mb: dict[str, float | None] = dict.fromkeys(workers)
 
     def sample(self) -> None:
         for k, w in self.workers.items():
@@ -406,7 +407,7 @@ def databases(args: argparse.Namespace, bench_id: str) -> list[Postgres | MySQL]
 
 async def main(args: argparse.Namespace) -> int:
     bench = Bench(args)
-    res: dict[str, Any] = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    res: dict[str, Any] = {"started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                            "command": "python benchmarks/snapshot.py " + " ".join(sys.argv[1:]),
                            "args": vars(args), "environment": environment(), "results": []}
     dbs = databases(args, bench.id)

@@ -16,11 +16,11 @@ from urllib.parse import unquote, urlparse
 
 import psycopg
 import pymysql
+from pipeline import ADMIN_DSN, dsn_for, query1, sql
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.postgres.catalog import drop_slot
 from lakeward.connectors.postgres.config import PostgresSourceConfig
-from pipeline import ADMIN_DSN, dsn_for, query1, sql
 
 SOURCE = "shop"  # benchmarks/pipeline.py's Worker runs `--source shop`
 FILL_ROWS_PER_STATEMENT = 500_000

@@ -25,7 +25,13 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 
 from lakeward.core.config import MetricsConfig, mask_text
 
@@ -223,7 +229,7 @@ class WorkerHealth:
     def starting(self, checks: Iterable[str]) -> None:
         with self._lock:
             self._running = True
-            self._checks = {c: "starting" for c in checks}
+            self._checks = dict.fromkeys(checks, "starting")
 
     def ok(self, check: str) -> None:
         with self._lock:
@@ -297,7 +303,7 @@ async def watch(health: WorkerHealth, check: str, probe: Callable[[], Awaitable[
     while True:
         try:
             await asyncio.wait_for(probe(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             health.problem(check, f"{what}: no answer within {timeout_s:.0f}s")
         except Exception as e:  # noqa: BLE001 - whatever failed, the check is not ok; say what
             health.problem(check, f"{what}: {e.__class__.__name__}: {e}")

@@ -35,7 +35,12 @@ _DETERMINISTIC = re.compile(
 def deterministic(exc: BaseException) -> bool:
     """A delta-rs error that the same input raises every time (retrying cannot help)."""
     try:
-        from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+        from deltalake.exceptions import (
+            CommitFailedError,
+            DeltaProtocolError,
+            SchemaMismatchError,
+            TableNotFoundError,
+        )
     except ImportError:  # pragma: no cover - deltalake is a dependency
         return False
     if isinstance(exc, (SchemaMismatchError, DeltaProtocolError, TableNotFoundError)):
@@ -116,5 +121,5 @@ class Backoff:
         try:
             await asyncio.wait_for(stop.wait(), delay)
             return False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True

@@ -1,5 +1,5 @@
-"""S3 lakes: delta-rs storage options with a safe commit default, checks, and storage errors turned
-into messages that name the endpoint, the bucket and the fix.
+"""S3 lakes in the config: delta-rs storage options with a safe commit default, and the checks of
+`lake.storage_options` (the errors the object store raises are lakeward.sinks.delta.s3's).
 
 delta-rs (object_store) takes an option from `lake.storage_options` first (any case, any of its
 aliases) and from the environment second; `option` looks options up the same way, so what Lakeward
@@ -9,13 +9,9 @@ checks is what delta-rs uses.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
-
-from lakeward.core.errors import ConnectionFailed, LakeStorageError, LakewardError
 
 SCHEMES = ("s3://", "s3a://")
 
@@ -25,16 +21,6 @@ ALLOW_HTTP = ("aws_allow_http", "allow_http")
 CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 COPY_IF_NOT_EXISTS = ("aws_copy_if_not_exists", "copy_if_not_exists")
 LOCKING_PROVIDER = ("aws_s3_locking_provider",)
-
-# The start-up check wants a quick verdict; object_store's default (10 retries, ~5 s against a
-# closed port) stays for the workers, whose errors are retried anyway.
-_CHECK_RETRIES = {"max_retries": "2", "retry_timeout": "10s"}
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
-_AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-               "InvalidSecurity", "AllAccessDisabled")
-_UNREACHABLE = re.compile(r"error sending request|tcp connect error|dns error|connection refused|timed out|connection reset", re.I)
 
 
 def is_s3(uri: str) -> bool:
@@ -96,63 +82,3 @@ def problems(uri: str, options: Mapping[str, str]) -> list[str]:
         out.append(f"lake.storage_options: the S3 endpoint {ep} is plain HTTP, which delta-rs refuses unless allowed; "
                    "set AWS_ALLOW_HTTP: 'true' (in lake.storage_options or the environment) or use https")
     return out
-
-
-def _last_cause(text: str) -> str:
-    """The innermost line of delta-rs' error chain ("Connection refused (os error 111)")."""
-    lines = [line.strip().lstrip("↳").strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    return lines[-1] if lines else text
-
-
-def explain(exc: BaseException, uri: str, options: Mapping[str, str]) -> LakewardError | None:
-    """A Lakeward error naming endpoint, bucket and fix for a storage error we recognise; else None."""
-    text = _ANSI.sub("", str(exc))
-    found = _S3_CODE.search(text)
-    code = found.group(1) if found else None
-    where, b = endpoint(options), bucket(uri)
-    if code == "NoSuchBucket":
-        return LakeStorageError(f"lake {uri}: bucket {b!r} does not exist on {where}; create it (for example "
-                                f"`aws s3 mb s3://{b}`, with --endpoint-url for a non-AWS server) or point lake.uri at an existing bucket")
-    if code in _AUTH_CODES or "403 Forbidden" in text or "lacked the necessary privileges" in text:
-        return LakeStorageError(f"lake {uri}: {where} rejected the credentials for bucket {b!r} ({code or '403 Forbidden'}); "
-                                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN for temporary keys), in "
-                                f"lake.storage_options or the environment, to a key that may list, read and write s3://{b}/")
-    if "URL scheme is not allowed" in text:
-        return LakeStorageError(f"lake {uri}: the S3 endpoint {where} is plain HTTP; set lake.storage_options.AWS_ALLOW_HTTP: 'true' or use https")
-    if _UNREACHABLE.search(text):
-        return ConnectionFailed(f"lake {uri}: cannot reach the S3 endpoint {where} ({_last_cause(text)}); check that the "
-                                "server is up and that AWS_ENDPOINT_URL (lake.storage_options or the environment) is right")
-    return None
-
-
-@contextmanager
-def storage_errors(uri: str, options: Mapping[str, str]) -> Iterator[None]:
-    """Re-raise a recognised S3 error as the Lakeward error that explains it; others pass unchanged."""
-    try:
-        yield
-    except LakewardError:
-        raise
-    except Exception as e:
-        err = explain(e, uri, options)
-        if err is None:
-            raise
-        raise err from e
-
-
-def filesystem(uri: str, options: Mapping[str, str]) -> Any:
-    """A pyarrow filesystem rooted at `uri`, backed by delta-rs' own object store: the same options,
-    environment fallbacks and credential chain as the Delta reads and writes."""
-    from deltalake.fs import DeltaStorageHandler
-    from pyarrow.fs import PyFileSystem
-
-    return PyFileSystem(DeltaStorageHandler(uri.rstrip("/"), dict(options)))
-
-
-def check(uri: str, options: Mapping[str, str]) -> None:
-    """List the lake's root once (blocking): a missing bucket, rejected credentials or an unreachable
-    endpoint raise LakeStorageError / ConnectionFailed naming the endpoint, the bucket and the fix."""
-    from pyarrow.fs import FileSelector
-
-    with storage_errors(uri, options):
-        filesystem(uri, {**options, **_CHECK_RETRIES}).get_file_info(FileSelector("", allow_not_found=True))

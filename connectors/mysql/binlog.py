@@ -29,33 +29,58 @@ from __future__ import annotations
 import logging
 import queue
 import re
-from collections import deque
 import struct
 import threading
 import time
 import uuid
 import warnings
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
-    GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, NotImplementedEvent, QueryEvent, RotateEvent, XAPrepareEvent, XidEvent,
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    NotImplementedEvent,
+    QueryEvent,
+    RotateEvent,
+    XAPrepareEvent,
+    XidEvent,
 )
 from pymysqlreplication.gtid import Gtid, GtidSet
-from pymysqlreplication.row_event import DeleteRowsEvent, PartialUpdateRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    PartialUpdateRowsEvent,
+    TableMapEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
 from lakeward.connectors.mysql import catalog, incremental, snapshot, tables
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
-from lakeward.connectors.mysql.history import HistoryEntry, SchemaHistory, clean, parse_ddl, rewrites_rows
+from lakeward.connectors.mysql.history import (
+    HistoryEntry,
+    SchemaHistory,
+    clean,
+    parse_ddl,
+    rewrites_rows,
+)
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress, file_index
 from lakeward.connectors.mysql.tables import TableInfo
 from lakeward.core import metrics, progress
-from lakeward.core.errors import ConnectionFailed, SourceSetupError, TerminalError, TransientError
+from lakeward.core.errors import (
+    ConnectionFailed,
+    SourceSetupError,
+    TerminalError,
+    TransientError,
+)
 from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Position
 
 log = logging.getLogger(__name__)

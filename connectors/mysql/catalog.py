@@ -13,7 +13,12 @@ import pymysql
 import pymysql.cursors
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
-from lakeward.connectors.mysql.types import SNAPSHOT_CONV, ColumnDef, column_def, json_columns
+from lakeward.connectors.mysql.types import (
+    SNAPSHOT_CONV,
+    ColumnDef,
+    column_def,
+    json_columns,
+)
 from lakeward.core.errors import ConnectionFailed, SourceSetupError
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ import datetime as _dt
 import decimal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from pymysqlreplication.constants import FIELD_TYPE as F

@@ -28,19 +28,35 @@ import orjson
 import pymysql
 
 from lakeward.connectors.mysql import catalog
-from lakeward.connectors.mysql.incremental import ChunkPublished, JobStopped
 from lakeward.connectors.mysql.binlog import (
-    FINISHED, Announce, ChunkDone, Commit, Failed, History, Plan, Reader, SnapshotBegin, SnapshotDone, TableDone, new_epoch,
+    FINISHED,
+    Announce,
+    ChunkDone,
+    Commit,
+    Failed,
+    History,
+    Plan,
+    Reader,
+    SnapshotBegin,
+    SnapshotDone,
+    TableDone,
+    new_epoch,
 )
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
+from lakeward.connectors.mysql.incremental import ChunkPublished, JobStopped
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress
 from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SourceSetupError
-from lakeward.core.snapshot import IncrementalJob, SignalInbox, SnapshotRequest, TableProgress
+from lakeward.core.snapshot import (
+    IncrementalJob,
+    SignalInbox,
+    SnapshotRequest,
+    TableProgress,
+)
 from lakeward.core.source import Source
 
 log = logging.getLogger(__name__)
@@ -87,7 +103,7 @@ class SourceState:
         d = orjson.loads(data)
         tables = d.get("tables") or {}
         if isinstance(tables, list):
-            tables = {t: "" for t in tables}
+            tables = dict.fromkeys(tables, "")
         return cls(d["epoch"], d["server"], BinlogPoint.from_dict(d["resume"]) if d.get("resume") else None, dict(tables),
                    bool(d.get("snapshot_done")), {t: ChunkProgress.from_dict(p) for t, p in (d.get("progress") or {}).items()},
                    [IncrementalJob.from_dict(j) for j in d.get("jobs") or []], int(d.get("chunk_counter") or 0),
@@ -228,7 +244,7 @@ class MySQLSource(Source):
             if cfg.snapshot == "initial":
                 plan = Plan(tables, None, {}, initial=True)
             else:
-                state.tables = {n: "" for n in names}
+                state.tables = dict.fromkeys(names, "")
                 plan = Plan([], None, dict(state.tables))
         else:
             self._state = state
@@ -293,7 +309,7 @@ class MySQLSource(Source):
                 except queue.Empty:
                     try:
                         await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     batch = None
             if batch is not None:

@@ -7,19 +7,33 @@ and so the same schema id — when the entry describes the table map, which is t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
+from pymysqlreplication.constants import FIELD_TYPE as F
 
-from lakeward.connectors.mysql.decode import ColumnPlan, UnsupportedColumn, bitmap, compile_image, python_codec
+from lakeward.connectors.mysql.decode import (
+    ColumnPlan,
+    UnsupportedColumn,
+    bitmap,
+    compile_image,
+    python_codec,
+)
 from lakeward.connectors.mysql.history import HistoryEntry
 from lakeward.connectors.mysql.types import (
-    ColumnDef, def_from_binlog, enum_members, lake_type, matches_binlog, schema_nullable, snapshot_converter, source_type,
+    ColumnDef,
+    def_from_binlog,
+    enum_members,
+    lake_type,
+    matches_binlog,
+    schema_nullable,
+    snapshot_converter,
+    source_type,
 )
 from lakeward.core.errors import SourceSetupError
 from lakeward.core.events import Column, TableSchema, table_topic
-from pymysqlreplication.constants import FIELD_TYPE as F
 
 VERSION = "0.1.0"
 

@@ -314,8 +314,8 @@ _BINLOG_TYPES: dict[str, tuple[int, ...]] = {
     "bit": (F.BIT,), "char": (F.STRING,), "binary": (F.STRING,), "varchar": (F.VARCHAR, F.VAR_STRING),
     "varbinary": (F.VARCHAR, F.VAR_STRING), "enum": (F.ENUM,), "set": (F.SET,), "json": (F.JSON, F.BLOB),
     "uuid": (F.STRING,), "inet6": (F.STRING,), "inet4": (F.STRING,),
-    **{t: (F.BLOB,) for t in ("tinytext", "text", "mediumtext", "longtext", "tinyblob", "blob", "mediumblob", "longblob")},
-    **{t: (F.GEOMETRY,) for t in GEOMETRIES},
+    **dict.fromkeys(("tinytext", "text", "mediumtext", "longtext", "tinyblob", "blob", "mediumblob", "longblob"), (F.BLOB,)),
+    **dict.fromkeys(GEOMETRIES, (F.GEOMETRY,)),
 }
 _NUMERIC_CODES = {F.TINY, F.SHORT, F.INT24, F.LONG, F.LONGLONG, F.NEWDECIMAL, F.FLOAT, F.DOUBLE}
 _STRING_CODES = {F.STRING, F.VARCHAR, F.VAR_STRING, F.BLOB}

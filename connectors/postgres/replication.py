@@ -160,7 +160,7 @@ class ReplicationConnection:
         try:
             await asyncio.wait_for(fut, timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             loop.remove_reader(fd)

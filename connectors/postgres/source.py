@@ -28,16 +28,35 @@ from lakeward.connectors.postgres import catalog, incremental, pgoutput
 from lakeward.connectors.postgres import snapshot as chunks
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US
+from lakeward.connectors.postgres.replication import (
+    XLOG_PAYLOAD,
+    ReplicationConnection,
+    SlotInfo,
+    get_slot,
+    keepalive,
+    xlog_start,
+)
 from lakeward.connectors.postgres.snapshot import ChunkProgress
-from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, ReplicationConnection, SlotInfo, get_slot, keepalive, xlog_start
 from lakeward.connectors.postgres.types import Converter, PgType
 from lakeward.core import broker as kafka
 from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SchemaChangeError, SourceSetupError
 from lakeward.core.events import (
-    NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER, SCHEMA_HEADER, Position,
-    TableSchema, lsn_to_str, str_to_lsn, table_topic,
+    NEW_KEY_HEADER,
+    OLD_KEY_HEADER,
+    OP_CREATE,
+    OP_DELETE,
+    OP_READ,
+    OP_TRUNCATE,
+    OP_UPDATE,
+    POSITION_HEADER,
+    SCHEMA_HEADER,
+    Position,
+    TableSchema,
+    lsn_to_str,
+    str_to_lsn,
+    table_topic,
 )
 from lakeward.core.snapshot import IncrementalJob, TableProgress, default_parallelism
 from lakeward.core.source import Source

@@ -120,7 +120,7 @@ _SCALARS: dict[str, tuple[str, Converter]] = {
     "money": (MONEY_LAKE_TYPE, _money),
     "bpchar": ("string", _bpchar),
     "inet": ("string", _inet),
-    **{name: ("string", _text) for name in _STRING_TYPES},
+    **dict.fromkeys(_STRING_TYPES, ("string", _text)),
 }
 
 # Array types whose elements are separated by something else than a comma (pg_type.typdelim).

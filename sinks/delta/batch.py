@@ -2,7 +2,7 @@
 
 Hot path of the sink: everything here is per-row Python, so it is written as a few tight loops and
 list comprehensions over plain tuples and dicts, and the value columns are built once per flush with
-`lakeward.core.types.to_arrow` from the table schema's lake types (never from the JSON values).
+`lakeward.sinks.delta.arrow.to_arrow` from the table schema's lake types (never from the JSON values).
 
 Mirror mode collapses the batch per primary key (last event wins; see `plan_mirror`), changelog
 mode keeps one row per event (`plan_changelog`).
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from lakeward.core.errors import PoisonEventError, TerminalError
 from lakeward.core.events import OLD_KEY_HEADER, OP_DELETE, OP_TRUNCATE, TableSchema
-from lakeward.core.types import to_arrow
+from lakeward.sinks.delta.arrow import to_arrow
 
 # Metadata columns written next to the data columns.
 META_OP = "_lakeward_op"

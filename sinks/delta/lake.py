@@ -16,13 +16,24 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, TableFeatures, Transaction, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    TableFeatures,
+    Transaction,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lakeward.core import metrics
 from lakeward.core.errors import CommitConflict, SchemaChangeError
 from lakeward.core.retry import Backoff, deterministic, is_retriable
-from lakeward.core.types import TIMESTAMP_NTZ_FEATURE, required_features, same_storage, to_storage
+from lakeward.sinks.delta.arrow import (
+    TIMESTAMP_NTZ_FEATURE,
+    required_features,
+    same_storage,
+    to_storage,
+)
 from lakeward.sinks.delta.batch import DELETE_FLAG, KEEP_PREFIX, Plan
 
 log = logging.getLogger(__name__)
@@ -36,7 +47,7 @@ PROTOCOL_KEY = "lakeward.protocol"
 """Commit metadata of a protocol upgrade commit: the features it added."""
 
 FEATURES = {TIMESTAMP_NTZ_FEATURE: TableFeatures.TimestampWithoutTimezone}
-"""Table features a column type may need (core/types.required_features) -> delta-rs' enum."""
+"""Table features a column type may need (arrow.required_features) -> delta-rs' enum."""
 
 __all__ = ["LakeTable", "LakeState", "Committed", "classify", "is_retriable", "app_id"]
 
@@ -221,7 +232,7 @@ class LakeTable:
     def _write(self, plan: Plan, props: CommitProperties) -> bool:
         """One commit; False when nothing was written (an empty batch and no table yet).
 
-        Every commit kind writes the same physical types (core/types.storage_type), and a column
+        Every commit kind writes the same physical types (arrow.storage_type), and a column
         that needs a table feature (timestamp_ntz) gets it in a commit before the data's.
         """
         if plan.kind == "none":

@@ -20,7 +20,12 @@ from typing import Any, Literal
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from lakeward.core.errors import ConfigError, LakewardError, TerminalError, TransientError
+from lakeward.core.errors import (
+    ConfigError,
+    LakewardError,
+    TerminalError,
+    TransientError,
+)
 from lakeward.core.retry import Backoff, is_retriable
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import fnmatch
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,11 +25,11 @@ from lakeward.core.broker import Admin, SchemaReader, consumer, producer, start_
 from lakeward.core.config import BrokerConfig, LakeConfig
 from lakeward.core.errors import TerminalError
 from lakeward.core.events import parse_table_topic
-from lakeward.core.lake import check_lake, table_uri
+from lakeward.core.retry import Backoff, is_retriable
 from lakeward.core.sink import Sink
 from lakeward.sinks.delta.config import DeltaSinkConfig
-from lakeward.core.retry import Backoff, is_retriable
 from lakeward.sinks.delta.lake import LakeTable
+from lakeward.sinks.delta.store import check_lake, table_uri
 from lakeward.sinks.delta.table import DeadLetter, TableWriter, iso
 
 log = logging.getLogger(__name__)
@@ -454,7 +455,7 @@ class DeltaSink(Sink):
                         if hw is not None:
                             st["lag"] = max(0, hw - await asyncio.wait_for(c.position(tp), 1.0))
                             st["lake_lag"] = max(0, hw - (0 if w.committed_offset is None else w.committed_offset + 1))
-                    except (KafkaError, AssertionError, asyncio.TimeoutError):
+                    except (TimeoutError, KafkaError, AssertionError):
                         pass
                 tables.append(st)
         return {

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -28,13 +28,39 @@ import orjson
 from aiokafka import TopicPartition
 
 from lakeward.core import metrics
-from lakeward.core.errors import LakewardError, PoisonEventError, SchemaChangeError, TerminalError, TransientError
-from lakeward.core.events import (NEW_KEY_HEADER, OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, POSITION_HEADER,
-                                  SCHEMA_HEADER, TableSchema)
-from lakeward.core.types import arrow_type, check_evolution, same_storage
-from lakeward.sinks.delta.batch import (OFF, OP, POS, RESERVED_PREFIXES, Catalog, Plan, SchemaInfo, is_key_change_delete,
-                                        plan_changelog, plan_mirror)
+from lakeward.core.errors import (
+    LakewardError,
+    PoisonEventError,
+    SchemaChangeError,
+    TerminalError,
+    TransientError,
+)
+from lakeward.core.events import (
+    NEW_KEY_HEADER,
+    OLD_KEY_HEADER,
+    OP_CREATE,
+    OP_DELETE,
+    OP_READ,
+    OP_TRUNCATE,
+    OP_UPDATE,
+    POSITION_HEADER,
+    SCHEMA_HEADER,
+    TableSchema,
+)
 from lakeward.core.retry import Backoff, is_retriable
+from lakeward.sinks.delta.arrow import arrow_type, check_evolution, same_storage
+from lakeward.sinks.delta.batch import (
+    OFF,
+    OP,
+    POS,
+    RESERVED_PREFIXES,
+    Catalog,
+    Plan,
+    SchemaInfo,
+    is_key_change_delete,
+    plan_changelog,
+    plan_mirror,
+)
 from lakeward.sinks.delta.lake import LakeTable
 
 log = logging.getLogger(__name__)
@@ -98,7 +124,7 @@ class Batch:
 
 
 def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") if ts else None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
 
 
 class TableWriter:

@@ -22,8 +22,9 @@ import sys
 import threading
 import tomllib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from lakeward.connectors.postgres.catalog import drop_slot
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
@@ -96,7 +97,7 @@ class Worker:
     """A `lakeward run` subprocess: the product as users run it (and as the crash tests kill it)."""
 
     def __init__(self, config: Path, *args: str, log: Path):
-        self.args = [sys.executable, "-m", "lakeward.core.cli", "-c", str(config), "run", *args]
+        self.args = [sys.executable, "-m", "lakeward.app.cli", "-c", str(config), "run", *args]
         self.log = log
         self.proc: subprocess.Popen | None = None
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(config, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(config), *args], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(config), *args], capture_output=True, text=True, timeout=120)
     if ok:
         assert out.returncode == 0, out.stderr
     return out
@@ -84,7 +84,7 @@ def test_run_on_a_terminal_shows_snapshot_progress_bars(database, prefix, tmp_pa
     lake = tmp_path / "lake"
     cfg = write_config(tmp_path / "lakeward.yaml", dsn=database, prefix=prefix, lake=lake)
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lakeward.core.cli", "-c", str(cfg), "run", "--metrics-port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "lakeward.app.cli", "-c", str(cfg), "run", "--metrics-port", "0"],
                             stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, COLUMNS="160", TERM="xterm"))
     os.close(slave)
     out = b""

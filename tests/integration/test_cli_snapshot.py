@@ -29,7 +29,7 @@ MYSQL_SOURCE = """\
 
 
 def lakeward(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lakeward.core.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "lakeward.app.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def signals(prefix: str, source: str) -> list:

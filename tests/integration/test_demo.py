@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-import uuid
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,7 +37,7 @@ def demo_env(tmp_path: Path):
 
 
 def test_demo_proves_lake_equals_source_and_check_catches_a_difference(demo_env, tmp_path: Path):
-    run = subprocess.run([sys.executable, "-m", "lakeward.core.demo", str(CONFIG)], env=demo_env, cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "lakeward.app.demo", str(CONFIG)], env=demo_env, cwd=ROOT,
                          capture_output=True, text=True, timeout=400)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
@@ -73,7 +73,7 @@ def test_demo_with_the_lake_on_s3_as_in_docker_compose(demo_env):
                AWS_ACCESS_KEY_ID=os.environ.get("LAKEWARD_TEST_S3_KEY", "lakeward"),
                AWS_SECRET_ACCESS_KEY=os.environ.get("LAKEWARD_TEST_S3_SECRET", "lakeward-secret"),
                AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true")
-    run = subprocess.run([sys.executable, "-m", "lakeward.core.demo", str(CONFIG)], env=env, cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "lakeward.app.demo", str(CONFIG)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=400)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def lakeward(cfg, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(cfg), *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(cfg), *args], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, COLUMNS="200"))
 
 

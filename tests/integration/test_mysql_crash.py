@@ -17,7 +17,15 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import WriteLoad, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import (  # noqa: F401
+    WriteLoad,
+    lake_equals_mysql,
+    lake_rows,
+    lake_table,
+    msql,
+    mysql_db,
+    write_mysql_config,
+)
 from .test_crash import topic_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
@@ -126,7 +134,7 @@ def test_kill_source_mid_stream_under_load(crash_setup):
         time.sleep(rnd.uniform(0, 1))
         source = workers(cfg, "--source", "legacy").start()
     # One big transaction in flight when the last kill lands.
-    msql(f"INSERT INTO items SELECT seq + 10000000, 1, 'big' FROM seq_1_to_100000", db=db)
+    msql("INSERT INTO items SELECT seq + 10000000, 1, 'big' FROM seq_1_to_100000", db=db)
     time.sleep(rnd.uniform(0.5, 1.5))
     source.kill()
     load.stop()

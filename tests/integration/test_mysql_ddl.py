@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pymysql
@@ -26,7 +26,14 @@ import pytest
 
 from . import lakecheck
 from .conftest import wait_until
-from .mysql_fixtures import connect, lake_table, msql, mysql_db, mysql_rows, write_mysql_config  # noqa: F401
+from .mysql_fixtures import (  # noqa: F401
+    connect,
+    lake_table,
+    msql,
+    mysql_db,
+    mysql_rows,
+    write_mysql_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +175,7 @@ CASES: list[Case] = [
 
 def _norm(v):
     if isinstance(v, datetime) and v.tzinfo is not None:
-        return v.astimezone(timezone.utc).replace(tzinfo=None)
+        return v.astimezone(UTC).replace(tzinfo=None)
     return v
 
 

@@ -22,7 +22,15 @@ from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import MYSQL, lake_equals_mysql, lake_rows, lake_table, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import (  # noqa: F401
+    MYSQL,
+    lake_equals_mysql,
+    lake_rows,
+    lake_table,
+    msql,
+    mysql_db,
+    write_mysql_config,
+)
 from .test_mysql_crash import Load, no_repeats_in_changelog
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,15 @@ from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 
 from .conftest import BROKER, read_topic, wait_until
-from .mysql_fixtures import lake_equals_mysql, lake_rows, lake_table, mquery, msql, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import (  # noqa: F401
+    lake_equals_mysql,
+    lake_rows,
+    lake_table,
+    mquery,
+    msql,
+    mysql_db,
+    write_mysql_config,
+)
 
 pytestmark = pytest.mark.integration
 

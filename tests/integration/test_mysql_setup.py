@@ -21,7 +21,7 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import ConnectionFailed, SourceSetupError, TerminalError
 
 from .conftest import BROKER, read_topic
-from .mysql_fixtures import MYSQL, msql, mquery, mysql_db, server_id  # noqa: F401
+from .mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,17 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 
 from .conftest import BROKER, wait_until
-from .mysql_fixtures import MYSQL, WriteLoad, connect, lake_equals_mysql, lake_rows, msql, mquery, mysql_db, write_mysql_config  # noqa: F401
+from .mysql_fixtures import (  # noqa: F401
+    MYSQL,
+    WriteLoad,
+    connect,
+    lake_equals_mysql,
+    lake_rows,
+    mquery,
+    msql,
+    mysql_db,
+    write_mysql_config,
+)
 
 pytestmark = pytest.mark.integration
 

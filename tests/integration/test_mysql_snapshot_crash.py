@@ -19,7 +19,13 @@ from lakeward.core.config import BrokerConfig
 from .conftest import BROKER, wait_until
 from .mysql_fixtures import WriteLoad, lake_equals_mysql, msql, mysql_db  # noqa: F401
 from .test_crash import topic_end
-from .test_mysql_snapshot import changelog_equals_mysql, configs, no_repeats, snapshot_positions, topic_records
+from .test_mysql_snapshot import (
+    changelog_equals_mysql,
+    configs,
+    no_repeats,
+    snapshot_positions,
+    topic_records,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 

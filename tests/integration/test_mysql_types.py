@@ -18,7 +18,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -33,14 +33,14 @@ from lakeward.core import broker as kafka
 from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
-from lakeward.core.types import to_arrow
+from lakeward.sinks.delta.arrow import to_arrow
 
 from .conftest import BROKER
 from .mysql_fixtures import MYSQL, mquery, msql, server_id
 
 pytestmark = pytest.mark.integration
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def f32(x: float) -> float:

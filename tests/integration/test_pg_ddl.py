@@ -22,7 +22,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from .conftest import read_topic, sql, wait_until, write_config
+from .conftest import sql, wait_until, write_config
 from .lakecheck import compare, lake_rows, lake_table, source_rows
 
 pytestmark = pytest.mark.integration

@@ -177,7 +177,7 @@ def test_killed_source_resumes_the_job_from_its_progress(database, prefix, tmp_p
     load.stop()
     done = state(prefix).jobs[0]
     assert done.chunks < 250, "the kill was meant to land mid-snapshot"
-    status = json.loads(subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(cfg), "status", "--json"],
+    status = json.loads(subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(cfg), "status", "--json"],
                                        capture_output=True, check=True, text=True).stdout)
     (snap,) = status["sources"][0]["snapshot"]
     assert (snap["table"], snap["kind"], snap["rows"], snap["chunks_done"]) == ("public.items", "incremental", done.rows, done.chunks)

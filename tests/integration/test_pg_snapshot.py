@@ -10,7 +10,15 @@ import pytest
 
 from .conftest import sql, wait_until, write_config
 from .pg_snapshot_checks import (
-    changelog_equals, chunk_indexes, mirror_equals, no_repeated_positions, op_of, position, read_events, source_rows, state_doc,
+    changelog_equals,
+    chunk_indexes,
+    mirror_equals,
+    no_repeated_positions,
+    op_of,
+    position,
+    read_events,
+    source_rows,
+    state_doc,
     table_records,
 )
 

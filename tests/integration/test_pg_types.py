@@ -18,7 +18,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -36,13 +36,13 @@ from lakeward.core import broker as kafka
 from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
-from lakeward.core.types import to_arrow
+from lakeward.sinks.delta.arrow import to_arrow
 
 from .conftest import ADMIN_DSN, BROKER, _drop_database, dsn_for, sql
 
 pytestmark = pytest.mark.integration
 
-UTC = timezone.utc
+UTC = UTC
 TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999)
 TS_MIN = datetime(1, 1, 1)
 DATE_MAX, DATE_MIN = date(9999, 12, 31), date(1, 1, 1)

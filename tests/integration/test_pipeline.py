@@ -120,7 +120,7 @@ def test_replay_rebuilds_the_mirror(database, prefix, tmp_path, workers):
     before = lake_rows(lake, "t")
     version_before = lake_table(lake, "t").version()
 
-    out = subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(cfg), "replay", "--sink", "lake", "--from-beginning"],
+    out = subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(cfg), "replay", "--sink", "lake", "--from-beginning"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert lake_rows(lake, "t") == before

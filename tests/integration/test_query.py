@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -30,7 +29,7 @@ ENV = dict(os.environ, COLUMNS="200")
 
 
 def lakeward(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lakeward.core.cli", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run([sys.executable, "-m", "lakeward.app.cli", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def lake_config(path: Path, lake: Path) -> Path:
@@ -263,7 +262,7 @@ def test_log_options_after_the_subcommand_take_effect(tmp_path, where):
         opts = ["-c", str(cfg), "--log-format", "json", "--log-level", level]
         run = ["run", "--sink", "lake", "--metrics-port", "0"]
         argv = [*opts, *run] if where == "before" else [*run, *opts]
-        proc = subprocess.Popen([sys.executable, "-m", "lakeward.core.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "lakeward.app.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=ENV)
         time.sleep(6)
         proc.send_signal(signal.SIGTERM)
@@ -296,7 +295,7 @@ def test_demo_names_the_config_file_and_what_it_needs(tmp_path, sources):
         assert f"error: {cfg}: the demo needs a `type: postgres` source" in out.stderr, out.stderr
         tail = out.stderr.split("this config lacks", 1)[1]
         assert all(need in tail.split("(it has")[0] for need in lacking), out.stderr
-    make_demo = subprocess.run([sys.executable, "-m", "lakeward.core.demo", str(cfg)], capture_output=True, text=True, timeout=60,
+    make_demo = subprocess.run([sys.executable, "-m", "lakeward.app.demo", str(cfg)], capture_output=True, text=True, timeout=60,
                                env=dict(ENV, DEMO_DIR=str(tmp_path / "demo")))
     assert make_demo.returncode == 1 and "Traceback" not in make_demo.stdout + make_demo.stderr
     assert f"{cfg}: the demo needs" in " ".join(make_demo.stdout.split()), make_demo.stdout

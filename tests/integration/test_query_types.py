@@ -40,7 +40,7 @@ CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r
 
 
 def lakeward(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lakeward.core.cli", *args], capture_output=True, text=True, timeout=300, env=ENV)
+    return subprocess.run([sys.executable, "-m", "lakeward.app.cli", *args], capture_output=True, text=True, timeout=300, env=ENV)
 
 
 def q(name: str) -> str:

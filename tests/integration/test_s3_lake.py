@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lakeward.core import s3
+from lakeward.sinks.delta import s3
 
 from .conftest import sql, wait_until, write_config
 from .lakecheck import lake_equals_source, lake_rows, lake_table
@@ -30,7 +30,7 @@ UNUSED_DSN = "postgresql://postgres@127.0.0.1:1/none"  # for configs whose sourc
 
 def cli(config, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "1000"}  # rich would wrap error messages at 80 columns
-    out = subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(config), *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(config), *args], capture_output=True, text=True,
                          timeout=timeout, env=env)
     if ok:
         assert out.returncode == 0, out.stderr
@@ -133,7 +133,7 @@ def test_storage_errors_name_endpoint_bucket_and_fix(prefix, tmp_path, monkeypat
     quoted = {k: f"'{v}'" for k, v in OPTIONS.items()}
 
     missing = write_config(tmp_path / "missing.yaml", dsn=UNUSED_DSN, prefix=prefix, lake=f"s3://{prefix}-absent/lake", lake_options=quoted)
-    run = subprocess.run([sys.executable, "-m", "lakeward.core.cli", "-c", str(missing), "run", "--sink", "lake"],
+    run = subprocess.run([sys.executable, "-m", "lakeward.app.cli", "-c", str(missing), "run", "--sink", "lake"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1, "a missing bucket is terminal: the sink stops instead of retrying"
     assert f"bucket '{prefix}-absent' does not exist on {ENDPOINT}; create it" in run.stderr

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import sql, wait_until, write_config
 from lakeward.core.events import Position, str_to_lsn
 
+from .conftest import sql, wait_until, write_config
 from .pg_snapshot_checks import (
-    changelog_equals, kill_when, mirror_equals, no_repeated_positions, position, progress, read_events, slot_row, source_rows, state_doc,
-    table_complete, table_records,
+    changelog_equals,
+    kill_when,
+    mirror_equals,
+    no_repeated_positions,
+    position,
+    progress,
+    read_events,
+    slot_row,
+    source_rows,
+    state_doc,
+    table_complete,
+    table_records,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]

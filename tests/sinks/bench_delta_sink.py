@@ -18,7 +18,14 @@ from types import SimpleNamespace
 
 import orjson
 
-from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Column, Position, TableSchema, envelope
+from lakeward.core.events import (
+    POSITION_HEADER,
+    SCHEMA_HEADER,
+    Column,
+    Position,
+    TableSchema,
+    envelope,
+)
 from lakeward.sinks.delta.batch import Catalog, plan_changelog, plan_mirror
 from lakeward.sinks.delta.lake import LakeTable
 from lakeward.sinks.delta.table import TableWriter
@@ -136,7 +143,7 @@ async def end_to_end(n: int) -> None:
 async def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     logging.basicConfig(level=logging.WARNING)
-    from lakeward.core.runner import tune_gc
+    from lakeward.app.runner import tune_gc
 
     tune_gc()  # as run_workers does
     print(f"flush stages, {n} events:")

@@ -17,13 +17,26 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lakeward.core.broker import Admin, BatchPublisher, SchemaPublisher, producer, start_client
+from lakeward.core.broker import (
+    Admin,
+    BatchPublisher,
+    SchemaPublisher,
+    producer,
+    start_client,
+)
 from lakeward.core.config import BrokerConfig, LakeConfig
-from lakeward.core.events import (POSITION_HEADER, SCHEMA_HEADER, Column, Position, TableSchema, envelope,
-                                  table_topic)
-from lakeward.core.lake import table_uri
+from lakeward.core.events import (
+    POSITION_HEADER,
+    SCHEMA_HEADER,
+    Column,
+    Position,
+    TableSchema,
+    envelope,
+    table_topic,
+)
 from lakeward.sinks.delta.config import DeltaSinkConfig
 from lakeward.sinks.delta.sink import DeltaSink
+from lakeward.sinks.delta.store import table_uri
 
 BOOTSTRAP = os.environ.get("LAKEWARD_TEST_BROKER", "127.0.0.1:9092")
 

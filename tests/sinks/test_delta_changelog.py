@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -43,7 +43,7 @@ async def test_changelog_appends_every_event_with_its_metadata(lab):
         (4, "c", 2, "b", None, None),
     ]
     assert [r["_lakeward_position"] for r in rows] == [p.hex() for p in pos]
-    assert rows[1]["_lakeward_committed_at"] == datetime(2023, 11, 14, 22, 13, 21, tzinfo=timezone.utc)
+    assert rows[1]["_lakeward_committed_at"] == datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC)
     txids = [r["_lakeward_txid"] for r in rows]
     assert txids[3] is None and all(isinstance(x, int) for x in txids[:3]) and txids[0] < txids[1] < txids[2]
     assert status["duplicates_dropped"] == 1 and status["committed_offset"] == 5

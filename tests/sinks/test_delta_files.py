@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from lakeward.core.types import arrow_type, storage_type, to_arrow
+from lakeward.sinks.delta.arrow import arrow_type, storage_type, to_arrow
 from lakeward.sinks.delta.batch import DELETE_FLAG, META_OP, META_TYPES, Plan
 from lakeward.sinks.delta.lake import LakeTable
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -17,7 +17,7 @@ ORDERS = [("id", "long"), ("name", "string"), ("amount", "decimal(10,2)"), ("at"
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 async def test_inserts_updates_deletes_with_metadata_and_offsets_in_the_delta_log(lab):
@@ -31,7 +31,7 @@ async def test_inserts_updates_deletes_with_metadata_and_offsets_in_the_delta_lo
     ])
     async with lab.sink() as sink:
         await lab.until_rows(t, [
-            {"id": 1, "name": "a", "amount": Decimal("1.50"), "at": datetime(2024, 1, 31, 12, 0, 0, 123456, tzinfo=timezone.utc)},
+            {"id": 1, "name": "a", "amount": Decimal("1.50"), "at": datetime(2024, 1, 31, 12, 0, 0, 123456, tzinfo=UTC)},
             {"id": 2, "name": "b2", "amount": Decimal("2.25"), "at": None},
         ])
         p2 = await lab.publish(t, [

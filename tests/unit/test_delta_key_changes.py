@@ -10,7 +10,7 @@ from deltalake import DeltaTable
 
 from lakeward.core.errors import TerminalError
 from lakeward.core.events import Column, Position, TableSchema
-from lakeward.core.types import arrow_type
+from lakeward.sinks.delta.arrow import arrow_type
 from lakeward.sinks.delta.batch import Catalog, SchemaInfo, plan_mirror
 from lakeward.sinks.delta.lake import LakeTable
 

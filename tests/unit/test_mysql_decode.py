@@ -10,14 +10,24 @@ import random
 import struct
 
 import pytest
+from pymysqlreplication.constants import FIELD_TYPE as F
 
 from lakeward.connectors.mysql.decode import (
-    ColumnPlan, _mysql_json_dump, compile_image, date3, datetime2, decimal_reader, decimal_size, inet6_text, mysql_json, time2,
-    timestamp2, uuid_text,
+    ColumnPlan,
+    _mysql_json_dump,
+    compile_image,
+    date3,
+    datetime2,
+    decimal_reader,
+    decimal_size,
+    inet6_text,
+    mysql_json,
+    time2,
+    timestamp2,
+    uuid_text,
 )
 from lakeward.connectors.mysql.types import ColumnDef, float32
 from lakeward.core.events import Position
-from pymysqlreplication.constants import FIELD_TYPE as F
 
 _DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
 

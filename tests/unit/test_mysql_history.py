@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lakeward.connectors.mysql.history import Ddl, HistoryEntry, SchemaHistory, clean, parse_ddl, rewrites_rows
+from lakeward.connectors.mysql.history import (
+    Ddl,
+    HistoryEntry,
+    SchemaHistory,
+    clean,
+    parse_ddl,
+    rewrites_rows,
+)
 from lakeward.connectors.mysql.types import ColumnDef
 from lakeward.core.events import Position
 

@@ -7,7 +7,14 @@ from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import parse_ddl
 from lakeward.connectors.mysql.incremental import (
-    INCREMENTAL_SEQUENCE_BASE, Chunk, Jobs, chunk_args, chunk_query, decode_key, encode_key, touches,
+    INCREMENTAL_SEQUENCE_BASE,
+    Chunk,
+    Jobs,
+    chunk_args,
+    chunk_query,
+    decode_key,
+    encode_key,
+    touches,
 )
 from lakeward.connectors.mysql.snapshot import BinlogPoint
 from lakeward.connectors.mysql.source import SourceState

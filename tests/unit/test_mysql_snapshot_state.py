@@ -2,7 +2,13 @@
 
 import orjson
 
-from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress, key_condition, key_from_json, key_to_json
+from lakeward.connectors.mysql.snapshot import (
+    BinlogPoint,
+    ChunkProgress,
+    key_condition,
+    key_from_json,
+    key_to_json,
+)
 from lakeward.connectors.mysql.source import SourceState, carry_on_snapshot
 from lakeward.core.snapshot import IncrementalJob
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from pymysqlreplication.constants import FIELD_TYPE as F
 
 from lakeward.connectors.mysql.types import (
-    ColumnDef, column_def, def_from_binlog, enum_members, json_columns, lake_type, matches_binlog, snapshot_converter,
+    ColumnDef,
+    column_def,
+    def_from_binlog,
+    enum_members,
+    json_columns,
+    lake_type,
+    matches_binlog,
+    snapshot_converter,
 )
-from lakeward.core.types import arrow_type
-from pymysqlreplication.constants import FIELD_TYPE as F
+from lakeward.sinks.delta.arrow import arrow_type
 
 
 def col(data_type: str, column_type: str | None = None, **kw) -> ColumnDef:

@@ -9,7 +9,13 @@ import pytest
 
 from lakeward.connectors.postgres import pgoutput
 from lakeward.connectors.postgres.incremental import (
-    Chunk, PgSnapshot, XidRing, chunk_query, job_failed, unsupported_reason, widen_xid,
+    Chunk,
+    PgSnapshot,
+    XidRing,
+    chunk_query,
+    job_failed,
+    unsupported_reason,
+    widen_xid,
 )
 from lakeward.connectors.postgres.source import _SnapshotState
 from lakeward.core.snapshot import IncrementalJob

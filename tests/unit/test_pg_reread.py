@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from lakeward.connectors.postgres.catalog import TableShape, reread_reason
 
 INT4, INT8, TEXT, VARCHAR = 23, 20, 25, 1043

@@ -6,9 +6,15 @@ import pyarrow as pa
 import pytest
 
 from lakeward.connectors.postgres.types import (
-    _SCALARS, SESSION_OPTIONS, PgType, map_type, numeric_lake_type, numeric_precision_scale, parse_array,
+    _SCALARS,
+    SESSION_OPTIONS,
+    PgType,
+    map_type,
+    numeric_lake_type,
+    numeric_precision_scale,
+    parse_array,
 )
-from lakeward.core.types import arrow_type, to_arrow
+from lakeward.sinks.delta.arrow import arrow_type, to_arrow
 
 
 def numeric_typmod(p: int, s: int) -> int:

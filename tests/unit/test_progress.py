@@ -12,7 +12,8 @@ import time
 from prometheus_client import REGISTRY
 from rich.console import Console
 
-from lakeward.core import cli, progress
+from lakeward.app import cli
+from lakeward.core import progress
 
 
 class Clock:

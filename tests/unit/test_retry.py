@@ -7,7 +7,13 @@ import inspect
 
 import pytest
 from aiokafka import errors as kafka_errors
-from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
 
 from lakeward.core import errors
 from lakeward.core.retry import Backoff, deterministic, is_retriable
@@ -41,7 +47,7 @@ def test_an_error_can_override_its_flag():
     assert is_retriable(Flaky("x"))
 
 
-@pytest.mark.parametrize("exc", [OSError("disk"), ConnectionResetError("reset"), TimeoutError("slow"), asyncio.TimeoutError(),
+@pytest.mark.parametrize("exc", [OSError("disk"), ConnectionResetError("reset"), TimeoutError("slow"), TimeoutError(),
                                  CommitFailedError("conflict"), DeltaError("Generic S3 error: 503 Slow Down"),
                                  kafka_errors.KafkaConnectionError("down"), kafka_errors.KafkaTimeoutError(),
                                  kafka_errors.RequestTimedOutError(), kafka_errors.NotLeaderForPartitionError()],

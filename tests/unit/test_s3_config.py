@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from lakeward.core import s3
 from lakeward.core.config import config_as_dict, parse_config
 from lakeward.core.errors import ConfigError, ConnectionFailed, LakeStorageError
 from lakeward.core.logs import setup_logging
+from lakeward.sinks.delta import s3 as delta_s3
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 TOKEN = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN"
@@ -114,14 +114,14 @@ _REFUSED = ("Generic S3 error\n  \x1b[31m↳\x1b[0m Error performing GET http://
 
 def test_s3_errors_name_endpoint_bucket_and_fix():
     opts = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
-    err = s3.explain(OSError(_NO_BUCKET), "s3://data/lake", opts)
+    err = delta_s3.explain(OSError(_NO_BUCKET), "s3://data/lake", opts)
     assert isinstance(err, LakeStorageError) and not err.retriable
     assert "bucket 'data' does not exist on http://127.0.0.1:9000; create it" in str(err)
-    err = s3.explain(OSError(_BAD_KEY), "s3://data/lake", opts)
+    err = delta_s3.explain(OSError(_BAD_KEY), "s3://data/lake", opts)
     assert isinstance(err, LakeStorageError)
     assert "rejected the credentials for bucket 'data' (SignatureDoesNotMatch); set AWS_ACCESS_KEY_ID" in str(err)
-    err = s3.explain(OSError(_REFUSED), "s3://data/lake", {"endpoint": "http://127.0.0.1:1"})
+    err = delta_s3.explain(OSError(_REFUSED), "s3://data/lake", {"endpoint": "http://127.0.0.1:1"})
     assert isinstance(err, ConnectionFailed) and err.retriable
     assert "cannot reach the S3 endpoint http://127.0.0.1:1 (Connection refused (os error 111))" in str(err)
     assert "\x1b" not in str(err)
-    assert s3.explain(OSError("disk full"), "s3://data/lake", opts) is None
+    assert delta_s3.explain(OSError("disk full"), "s3://data/lake", opts) is None

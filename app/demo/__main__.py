@@ -1,4 +1,4 @@
-"""`make demo`: python -m lakeward.core.demo [CONFIG]   (default deploy/lakeward.yaml)
+"""`make demo`: python -m lakeward.app.demo [CONFIG]   (default deploy/lakeward.yaml)
 
 Runs the same config and commands as deploy/docker-compose.yml, against the local services:
 
@@ -30,12 +30,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from lakeward.app.demo.check import check_all
+from lakeward.app.demo.data import demo_sources
+from lakeward.app.runner import build_workers
 from lakeward.core.config import load_config
-from lakeward.core.demo.check import check_all
-from lakeward.core.demo.data import demo_sources
 from lakeward.core.errors import LakewardError
 from lakeward.core.logs import setup_logging
-from lakeward.core.runner import build_workers
 
 console = Console()
 CATCH_UP_TIMEOUT_S = 120.0
@@ -56,7 +56,7 @@ class Demo:
     @staticmethod
     def _lakeward() -> list[str]:
         script = Path(sys.executable).parent / "lakeward"
-        return [str(script)] if script.exists() else [sys.executable, "-c", "from lakeward.core.cli import main; main()"]
+        return [str(script)] if script.exists() else [sys.executable, "-c", "from lakeward.app.cli import main; main()"]
 
     def command(self, *args: str) -> list[str]:
         return [*self.cli, "-c", str(self.config), *args]

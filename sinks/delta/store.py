@@ -22,9 +22,11 @@ import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from lakeward.core import s3
 from lakeward.core.config import LakeConfig, LakewardConfig
 from lakeward.core.errors import ConfigError, TerminalError
+from lakeward.core.s3 import is_s3
+from lakeward.sinks.delta import s3
+
 
 class LakeTableError(TerminalError):
     """A lake table cannot be read (damaged or unsupported Delta log, missing files, no such version)."""
@@ -55,13 +57,13 @@ def _local_path(uri: str) -> Path:
 
 def storage_errors(lake: LakeConfig, uri: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Turns S3 errors into ones naming endpoint, bucket and fix (see core/s3.py); a no-op elsewhere."""
-    return s3.storage_errors(uri or lake.uri, lake.storage_options) if s3.is_s3(lake.uri) else contextlib.nullcontext()
+    return s3.storage_errors(uri or lake.uri, lake.storage_options) if is_s3(lake.uri) else contextlib.nullcontext()
 
 
 def check_lake(lake: LakeConfig) -> None:
     """Fail early and clearly when an S3 lake's bucket is missing, the credentials are rejected
     (LakeStorageError) or the endpoint is unreachable (ConnectionFailed, retriable). Blocking."""
-    if s3.is_s3(lake.uri):
+    if is_s3(lake.uri):
         s3.check(lake.uri, lake.storage_options)
 
 
@@ -125,7 +127,7 @@ def drop_table(uri: str, lake: LakeConfig | None = None) -> None:
         return
     options = lake.storage_options if lake is not None else {}  # without its lake: the environment's only
     parent, name = uri.rstrip("/").rsplit("/", 1)
-    with s3.storage_errors(uri, options) if s3.is_s3(uri) else contextlib.nullcontext():
+    with s3.storage_errors(uri, options) if is_s3(uri) else contextlib.nullcontext():
         s3.filesystem(parent, options).delete_dir(name)
 
 

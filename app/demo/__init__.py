@@ -2,6 +2,6 @@
 
 The same pieces serve `make demo` (local services, no docker) and deploy/docker-compose.yml:
 `lakeward demo setup` creates the databases' tables, `lakeward demo load` changes them,
-`lakeward demo check` proves lake == source; `python -m lakeward.core.demo CONFIG` runs all of it
+`lakeward demo check` proves lake == source; `python -m lakeward.app.demo CONFIG` runs all of it
 with the lakeward workers, showing live progress.
 """

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from lakeward.core import lake as lakefs
+from lakeward.app.demo.data import DemoSources, source_rows
 from lakeward.core.config import LakewardConfig
-from lakeward.core.demo.data import DemoSources, source_rows
+from lakeward.sinks.delta import store as lakefs
 
 
 def canonical(value: Any) -> str:
@@ -31,7 +31,7 @@ def canonical(value: Any) -> str:
         return format(value.normalize(), "f")
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return value.isoformat()
     if isinstance(value, (date, time)):
         return value.isoformat()

@@ -19,9 +19,9 @@ from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.postgres import catalog as pg_catalog
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.core import broker as kafka
-from lakeward.core import lake as lakefs
 from lakeward.core.config import LakewardConfig
 from lakeward.core.errors import ConfigError
+from lakeward.sinks.delta import store as lakefs
 
 log = logging.getLogger(__name__)
 

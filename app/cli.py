@@ -7,16 +7,15 @@ import base64
 import inspect
 import logging
 import math
-import struct
-import shutil
 import signal
+import struct
 import sys
 from collections.abc import Callable
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import orjson
 import pyarrow as pa
@@ -26,13 +25,18 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
-from lakeward.core import lake as lakefs
+from lakeward.app.runner import build_workers, run_workers
 from lakeward.core import progress
 from lakeward.core import snapshot as snapshots
-from lakeward.core.config import LakewardConfig, config_as_dict, config_path, load_config
+from lakeward.core.config import (
+    LakewardConfig,
+    config_as_dict,
+    config_path,
+    load_config,
+)
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
-from lakeward.core.runner import build_workers, run_workers
+from lakeward.sinks.delta import store as lakefs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Change data capture into Delta Lake, exactly once.")
 console = Console()
@@ -63,9 +67,9 @@ _CONFIG_HELP = "Config file (default: $LAKEWARD_CONFIG or ./lakeward.yaml)."
 _LOG_FORMAT_HELP = "Log lines as text or JSON."
 _LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR."
 _GLOBAL_PANEL = "Global options (before or after the command)"
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help=_CONFIG_HELP, rich_help_panel=_GLOBAL_PANEL)]
-LogFormatOption = Annotated[Optional[LogFormat], typer.Option("--log-format", help=_LOG_FORMAT_HELP, rich_help_panel=_GLOBAL_PANEL)]
-LogLevelOption = Annotated[Optional[LogLevel], typer.Option("--log-level", case_sensitive=False, help=_LOG_LEVEL_HELP,
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP, rich_help_panel=_GLOBAL_PANEL)]
+LogFormatOption = Annotated[LogFormat | None, typer.Option("--log-format", help=_LOG_FORMAT_HELP, rich_help_panel=_GLOBAL_PANEL)]
+LogLevelOption = Annotated[LogLevel | None, typer.Option("--log-level", case_sensitive=False, help=_LOG_LEVEL_HELP,
                                                             rich_help_panel=_GLOBAL_PANEL)]
 
 
@@ -150,9 +154,9 @@ def show_config(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 @app.command()
 @_global_options
 def run(
-    source: Annotated[Optional[list[str]], typer.Option("--source", help="Run only this source (repeatable).")] = None,
-    sink: Annotated[Optional[list[str]], typer.Option("--sink", help="Run only this sink (repeatable).")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(
+    source: Annotated[list[str] | None, typer.Option("--source", help="Run only this source (repeatable).")] = None,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="Run only this sink (repeatable).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", envvar="LAKEWARD_METRICS_PORT", min=0, max=65535,
         help="Serve /metrics, /healthz and /readyz on this port instead of metrics.port; 0 turns them off.")] = None,
 ) -> None:
@@ -172,10 +176,10 @@ def run(
 @app.command()
 @_global_options
 def snapshot(
-    source: Annotated[Optional[str], typer.Option("--source", help="The source whose tables to read again.")] = None,
-    table: Annotated[Optional[list[str]], typer.Option(
+    source: Annotated[str | None, typer.Option("--source", help="The source whose tables to read again.")] = None,
+    table: Annotated[list[str] | None, typer.Option(
         "--table", help="A table as the source names it: schema.table (PostgreSQL) or database.table (MySQL); repeatable.")] = None,
-    where: Annotated[Optional[str], typer.Option(
+    where: Annotated[str | None, typer.Option(
         "--where", help="Only rows matching this SQL condition on the table's columns (e.g. \"id > 1000\").")] = None,
 ) -> None:
     """Ask a running source to read tables again while it keeps streaming (an incremental snapshot).
@@ -268,7 +272,7 @@ async def _status(cfg: LakewardConfig) -> dict[str, Any]:
 def query(
     sql: Annotated[str, typer.Argument(help='SQL over the lake tables, named "<source>.<schema>.<table>".')],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format (see docs/querying.md for how each type prints).")] = OutputFormat.table,
-    as_of: Annotated[Optional[int], typer.Option("--as-of", help="Read every table as of this Delta version.")] = None,
+    as_of: Annotated[int | None, typer.Option("--as-of", help="Read every table as of this Delta version.")] = None,
 ) -> None:
     """Query the lake with DuckDB (no extension download: tables are read through delta-rs).
 
@@ -332,7 +336,7 @@ def _float(v: float, single: bool) -> str:
 
 def _timestamp(v: datetime) -> str:
     if v.tzinfo is not None:
-        v = v.astimezone(timezone.utc)
+        v = v.astimezone(UTC)
     return v.isoformat(sep=" ")
 
 
@@ -427,7 +431,7 @@ def write_result(arrow: pa.Table, fmt: OutputFormat, out: Any = None) -> None:
 def replay(
     sink: Annotated[str, typer.Option("--sink", help="The sink whose tables to rebuild.")],
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Required: rebuild from the start of the topics.")] = False,
-    table: Annotated[Optional[list[str]], typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")] = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")] = None,
 ) -> None:
     """Rebuild lake tables from the topics' retained history, then exit."""
     if not from_beginning:
@@ -461,8 +465,8 @@ async def _replay(worker: Any) -> int:
 lake_app = typer.Typer(no_args_is_help=True, help="Maintenance of the lake's Delta tables; safe while sinks write them.")
 app.add_typer(lake_app, name="lake")
 lake_app.callback()(_global_options(lambda: None))
-TableOption = Annotated[Optional[list[str]], typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")]
-SinkOption = Annotated[Optional[str], typer.Option("--sink", help="Only the tables this sink writes.")]
+TableOption = Annotated[list[str] | None, typer.Option("--table", help="Only this table, as <source>.<schema>.<table> (repeatable).")]
+SinkOption = Annotated[str | None, typer.Option("--sink", help="Only the tables this sink writes.")]
 
 
 def _maintain(operation: str, tables: list[str] | None, sink: str | None, **options: Any) -> None:
@@ -493,7 +497,7 @@ def _maintain(operation: str, tables: list[str] | None, sink: str | None, **opti
 @lake_app.command("optimize")
 @_global_options
 def lake_optimize(table: TableOption = None, sink: SinkOption = None,
-                  target_size: Annotated[Optional[int], typer.Option(help="Target file size in bytes (delta-rs default: 100 MiB).")] = None) -> None:
+                  target_size: Annotated[int | None, typer.Option(help="Target file size in bytes (delta-rs default: 100 MiB).")] = None) -> None:
     """Compact small files (one Delta OPTIMIZE commit per table)."""
     _maintain("optimize", table, sink, target_size=target_size)
 
@@ -531,7 +535,7 @@ def demo_setup(
     reset: Annotated[bool, typer.Option("--reset", help="Drop the demo tables, slot, topics and lake tables first.")] = False,
 ) -> None:
     """Create the demo tables and seed rows in the config's postgres and mysql sources (idempotent)."""
-    from lakeward.core.demo import data
+    from lakeward.app.demo import data
 
     try:
         data.setup(_config(), reset=reset, config_file=_config_file())
@@ -547,7 +551,7 @@ def demo_load(
     rate: Annotated[float, typer.Option(help="Transactions per second in each database.")] = 50.0,
 ) -> None:
     """Change the demo databases: orders, payments and stock moves; one ALTER TABLE in each, mid-run."""
-    from lakeward.core.demo import data
+    from lakeward.app.demo import data
 
     try:
         gen = data.LoadGenerator(data.demo_sources(_config(), _config_file()))
@@ -569,7 +573,7 @@ def _raise_interrupt(*_: Any) -> None:
 @_global_options
 def demo_check() -> None:
     """Compare every demo table in the lake with its source: row counts and checksums; exit 1 if any differs."""
-    from lakeward.core.demo import check, data
+    from lakeward.app.demo import check, data
 
     try:
         cfg = _config()
