@@ -100,7 +100,7 @@ def _list_remote(lake: LakeConfig) -> dict[str, str]:
 
         candidates = sorted(t for src in subdirs("") for schema in subdirs(src) for t in subdirs(schema))
         with ThreadPoolExecutor(_HEAD_THREADS) as pool:
-            found = [path for path, ok in zip(candidates, pool.map(is_table, candidates)) if ok]
+            found = [path for path, ok in zip(candidates, pool.map(is_table, candidates), strict=True) if ok]
     return {".".join(path.split("/")): f"{root}/{path}" for path in found}
 
 
@@ -236,7 +236,7 @@ def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
     with ThreadPoolExecutor(min(threads, len(fragments))) as pool:
         physical = list(pool.map(lambda fr: fr.physical_schema, fragments))
     groups: dict[pa.Schema, set[str]] = {}
-    for fr, ps in zip(fragments, physical):
+    for fr, ps in zip(fragments, physical, strict=True):
         groups.setdefault(_with_file_types(base.schema, ps), set()).add(fr.path)
     if len(groups) == 1:
         (schema,) = groups
