@@ -641,7 +641,7 @@ def test_the_image_gets_every_module_and_the_entry_point(dockerfile: list[tuple[
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert re.search(r"^lakeward\s*=\s*lakeward\.core\.cli:main$", entry_points, re.M), entry_points
+    assert re.search(r"^lakeward\s*=\s*lakeward\.app\.cli:main$", entry_points, re.M), entry_points
     missing = []
     for package, root in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
         for f in sorted((src / root).rglob("*.py")):
