@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import pyarrow as pa
@@ -37,6 +37,11 @@ from lakeward.core.config import (
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.sinks.delta import store as lakefs
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from lakeward.sinks.delta.maintenance import Operation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Change data capture into Delta Lake, exactly once.")
 console = Console()
@@ -121,7 +126,7 @@ def _config_file() -> Path:
     return config_path(_state.get("config_path"))
 
 
-def _fail(e: LakewardError) -> None:
+def _fail(e: LakewardError) -> NoReturn:
     err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -288,8 +293,9 @@ def query(
             raise _QueryFailed("; ".join(f"lake table {n} cannot be read: {lake.unreadable[n]}" for n in broken))
         try:
             lake.con.execute("SET TimeZone = 'UTC'")  # timestamps with time zone come back in UTC
-            relation = lake.con.sql(sql)
-            if relation is None:  # a statement without a result
+            # duckdb's stubs say a relation; a statement without a result (SET, CREATE ...) gives None
+            relation: duckdb.DuckDBPyRelation | None = lake.con.sql(sql)
+            if relation is None:
                 return
             arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
         except Exception as e:  # noqa: BLE001 - duckdb errors: syntax, unknown table, a file that went missing ...
@@ -469,7 +475,7 @@ TableOption = Annotated[list[str] | None, typer.Option("--table", help="Only thi
 SinkOption = Annotated[str | None, typer.Option("--sink", help="Only the tables this sink writes.")]
 
 
-def _maintain(operation: str, tables: list[str] | None, sink: str | None, **options: Any) -> None:
+def _maintain(operation: Operation, tables: list[str] | None, sink: str | None, **options: Any) -> None:
     from lakeward.sinks.delta import maintenance
 
     try:
@@ -485,7 +491,7 @@ def _maintain(operation: str, tables: list[str] | None, sink: str | None, **opti
             task = progress.add_task(operation, total=len(found))
             for name, uri in found.items():
                 progress.update(task, description=f"{operation} {name}")
-                r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)  # type: ignore[arg-type]
+                r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)
                 out.add_row(name, f"{r.version_before} → {r.version_after}", " ".join(f"{k}={v}" for k, v in r.details.items()),
                             str(r.conflicts), str(r.seconds))
                 progress.advance(task)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -26,6 +26,9 @@ from lakeward.core.config import LakeConfig, LakewardConfig
 from lakeward.core.errors import ConfigError, TerminalError
 from lakeward.core.s3 import is_s3
 from lakeward.sinks.delta import s3
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pds
 
 
 class LakeTableError(TerminalError):
@@ -205,7 +208,7 @@ def _with_file_types(delta: pa.Schema, physical: pa.Schema) -> pa.Schema:
     return pa.schema([physical.field(f.name).with_nullable(f.nullable) if f.name in physical.names else f for f in delta])
 
 
-def _dataset(dt: DeltaTable) -> Any:
+def _dataset(dt: DeltaTable) -> pds.FileSystemDataset:
     """delta-rs' pyarrow dataset of the table, without the per-file guarantees it derives from the
     file statistics. For a file written before a column was added, delta-rs states `x >= null AND
     x <= null` as a guarantee, and pyarrow then simplifies `x IS NOT NULL` to true for that file (its
@@ -213,12 +216,12 @@ def _dataset(dt: DeltaTable) -> Any:
     footers still prune; only the file-level shortcut goes."""
     import pyarrow.dataset as pds
 
-    ds = dt.to_pyarrow_dataset()
+    ds = cast("pds.FileSystemDataset", dt.to_pyarrow_dataset())  # what delta-rs builds; typed as its base class
     fragments = [ds.format.make_fragment(fr.path, filesystem=ds.filesystem) for fr in ds.get_fragments()]
     return pds.FileSystemDataset(fragments, ds.schema, ds.format, ds.filesystem)
 
 
-def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
+def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[pds.FileSystemDataset]:
     """The table as pyarrow datasets, one per physical schema of its files.
 
     delta-rs writes text and binary columns as `large_string`/`large_binary` in plain writes and as
