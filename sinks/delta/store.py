@@ -23,16 +23,12 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from lakeward.core.config import LakeConfig, LakewardConfig
-from lakeward.core.errors import ConfigError, TerminalError
+from lakeward.core.errors import ConfigError
 from lakeward.core.s3 import is_s3
 from lakeward.sinks.delta import s3
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
-
-
-class LakeTableError(TerminalError):
-    """A lake table cannot be read (damaged or unsupported Delta log, missing files, no such version)."""
 
 
 # A Delta table has its first commit, or a checkpoint pointer once old commits were cleaned up.
@@ -283,13 +279,3 @@ def open_lake(config: LakewardConfig, *, as_of: int | None = None, prepare: set[
         lake.con.execute(f"CREATE VIEW {_quote(source)}.{_quote(schema)}.{_quote(table)} AS {union}")
     return lake
 
-
-def duckdb_connection(config: LakewardConfig, *, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
-    """DuckDB with every lake table as a view `<source>.<schema>.<table>` (see `open_lake`); fails
-    naming the first table that cannot be read."""
-    lake = open_lake(config, as_of=as_of)
-    if lake.unreadable:
-        lake.close()
-        name, why = next(iter(lake.unreadable.items()))
-        raise LakeTableError(f"lake table {name} cannot be read: {why}")
-    return lake.con
