@@ -1,6 +1,7 @@
 # Lakeward developer entry points. Everything runs as root on Debian 12:
 #   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB + MinIO (S3) on 127.0.0.1
-#   make test       services + venv, then the test suite
+#   make lint       ruff and mypy over the repository (configured in pyproject.toml); part of `make test`
+#   make test       services + venv + lint, then the test suite
 #   make demo       PostgreSQL + Kafka + MariaDB + venv, then the demo (DEMO_SECONDS=60 by default)
 # See deploy/local/services.sh for the service details and its environment knobs.
 
@@ -12,6 +13,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
+RUFF := $(VENV)/bin/ruff
+MYPY := $(VENV)/bin/mypy
 VENV_STAMP := $(VENV)/.stamp
 SERVICES := deploy/local/services.sh
 
@@ -39,7 +42,7 @@ export LAKEWARD_S3_PORT LAKEWARD_S3_BUCKET LAKEWARD_TEST_S3_ENDPOINT LAKEWARD_TE
 
 PYTEST_ARGS ?=
 
-.PHONY: services services-stop services-status venv test demo bench clean
+.PHONY: services services-stop services-status venv lint test demo bench clean
 
 services:
 	$(SERVICES) start
@@ -58,7 +61,11 @@ $(VENV_STAMP): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-test: services venv
+# Both run even when the first fails, so one run shows every finding; either failing fails the target.
+lint: venv
+	@status=0; $(RUFF) check . || status=1; $(MYPY) || status=1; exit $$status
+
+test: venv lint services
 	$(PYTEST) -q -p no:cacheprovider --durations=20 tests $(PYTEST_ARGS)
 
 # The demo's lake is local: it needs PostgreSQL, Kafka and MariaDB, not the S3 server (whose first

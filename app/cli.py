@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import pyarrow as pa
@@ -38,24 +38,29 @@ from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.sinks.delta import store as lakefs
 
+if TYPE_CHECKING:
+    import duckdb
+
+    from lakeward.sinks.delta.maintenance import Operation
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Change data capture into Delta Lake, exactly once.")
 console = Console()
 err = Console(stderr=True)
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -121,7 +126,7 @@ def _config_file() -> Path:
     return config_path(_state.get("config_path"))
 
 
-def _fail(e: LakewardError) -> None:
+def _fail(e: LakewardError) -> NoReturn:
     err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -288,8 +293,9 @@ def query(
             raise _QueryFailed("; ".join(f"lake table {n} cannot be read: {lake.unreadable[n]}" for n in broken))
         try:
             lake.con.execute("SET TimeZone = 'UTC'")  # timestamps with time zone come back in UTC
-            relation = lake.con.sql(sql)
-            if relation is None:  # a statement without a result
+            # duckdb's stubs say a relation; a statement without a result (SET, CREATE ...) gives None
+            relation: duckdb.DuckDBPyRelation | None = lake.con.sql(sql)
+            if relation is None:
                 return
             arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
         except Exception as e:  # noqa: BLE001 - duckdb errors: syntax, unknown table, a file that went missing ...
@@ -408,18 +414,18 @@ def write_result(arrow: pa.Table, fmt: OutputFormat, out: Any = None) -> None:
     stream = out or sys.stdout
     if fmt == OutputFormat.json:
         for row in rows:
-            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types)}
+            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types, strict=True)}
             stream.write(orjson.dumps(doc).decode() + "\n")
     elif fmt == OutputFormat.csv:
         stream.write(",".join(_csv_field(n) for n in names) + "\n")
         for row in rows:
-            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types)) + "\n")
+            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types, strict=True)) + "\n")
     else:
         from rich.text import Text
 
         t = Table(*[Column(n, overflow="fold") for n in names]) if names else Table()
         for row in rows:  # control characters escaped, so each row stays one line
-            cells = [_text_value(v, ty) for v, ty in zip(row, types)]
+            cells = [_text_value(v, ty) for v, ty in zip(row, types, strict=True)]
             t.add_row(*(Text("NULL", style="dim") if c is None else Text(c.translate(_CONTROL)) for c in cells))
         target = console if console.is_terminal else Console(width=max(80, Console(width=10**6).measure(t).maximum), highlight=False)
         target.print(t)
@@ -469,7 +475,7 @@ TableOption = Annotated[list[str] | None, typer.Option("--table", help="Only thi
 SinkOption = Annotated[str | None, typer.Option("--sink", help="Only the tables this sink writes.")]
 
 
-def _maintain(operation: str, tables: list[str] | None, sink: str | None, **options: Any) -> None:
+def _maintain(operation: Operation, tables: list[str] | None, sink: str | None, **options: Any) -> None:
     from lakeward.sinks.delta import maintenance
 
     try:
@@ -485,7 +491,7 @@ def _maintain(operation: str, tables: list[str] | None, sink: str | None, **opti
             task = progress.add_task(operation, total=len(found))
             for name, uri in found.items():
                 progress.update(task, description=f"{operation} {name}")
-                r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)  # type: ignore[arg-type]
+                r = maintenance.run(name, uri, operation, storage_options=cfg.lake.storage_options, **options)
                 out.add_row(name, f"{r.version_before} → {r.version_after}", " ".join(f"{k}={v}" for k, v in r.details.items()),
                             str(r.conflicts), str(r.seconds))
                 progress.advance(task)

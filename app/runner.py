@@ -65,7 +65,7 @@ async def _supervise(worker: Any, stop: asyncio.Event) -> None:
             await worker.run(stop)
             health.stopped(None)
             return
-        except Exception as e:  # noqa: BLE001 - classified by core/retry
+        except Exception as e:  # classified by core/retry
             failed(e)
             if time.monotonic() - started > HEALTHY_RUN_S:
                 backoff.reset()  # it ran fine for a while: this is a new failure, not the same one again

@@ -260,8 +260,8 @@ def parse_config(text: str, filename: str = "<config>") -> LakewardConfig:
             problems.append(f"{filename}:{located.lines.get((section,), 1)}: {section}: must be a list")
             continue
         for i, entry in enumerate(entries):
-            where = (section, i)
-            line = located.lines.get(where, 1)
+            entry_path = (section, i)
+            line = located.lines.get(entry_path, 1)
             if not isinstance(entry, dict) or "type" not in entry:
                 problems.append(f"{filename}:{line}: {section}[{i}]: each entry needs a `type:` (one of {', '.join(kinds)})")
                 continue
@@ -269,7 +269,7 @@ def parse_config(text: str, filename: str = "<config>") -> LakewardConfig:
             if kind not in kinds:
                 hint = difflib.get_close_matches(str(kind), list(kinds), n=1)
                 problems.append(
-                    f"{filename}:{located.lines.get(where + ('type',), line)}: {section}[{i}].type: unknown type {kind!r}"
+                    f"{filename}:{located.lines.get(entry_path + ('type',), line)}: {section}[{i}].type: unknown type {kind!r}"
                     + (f"; did you mean {hint[0]!r}?" if hint else f"; known types: {', '.join(kinds)}")
                 )
                 continue
@@ -277,7 +277,7 @@ def parse_config(text: str, filename: str = "<config>") -> LakewardConfig:
             try:
                 plugins[section].append(model.model_validate(entry))
             except ValidationError as e:
-                problems.extend(_explain(e, model, where, located, filename))
+                problems.extend(_explain(e, model, entry_path, located, filename))
     try:
         top = {k: v for k, v in data.items() if k not in ("sources", "sinks")}
         config = LakewardConfig.model_validate({**top, **plugins})

@@ -50,7 +50,7 @@ class _CurrentStderr:
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.addFilter(_MaskSecrets())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

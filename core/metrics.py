@@ -328,7 +328,7 @@ async def background(*coros: Coroutine[Any, Any, Any]) -> AsyncIterator[None]:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base class's name
         pass  # a line per scrape (every few seconds, forever) is noise in the worker's log
 
 

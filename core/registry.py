@@ -3,7 +3,7 @@
 Each plugin is a package with the same shape: `config.py` (its config class) and `source.py` or
 `sink.py` (the class implementing lakeward.core.source.Source / lakeward.core.sink.Sink).
 Implementations are imported only when a worker is built, so `lakeward validate` and `lakeward
-config` load no database or storage driver.
+config` load no database driver.
 """
 
 from __future__ import annotations

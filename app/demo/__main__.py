@@ -67,7 +67,7 @@ class Demo:
     def start(self, name: str, *args: str) -> None:
         cmd = self.command(*args)
         self.show(cmd)
-        log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.workdir / "logs" / f"{name}.log", "wb")  # lives as long as the process
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def check_alive(self) -> None:

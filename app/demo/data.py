@@ -86,11 +86,11 @@ def _admin_dsn(dsn: str) -> str:
     """The same server's `postgres` database: CREATE/DROP DATABASE can't run inside the target."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     info["dbname"] = "postgres"
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 def setup_shop(src: PostgresSourceConfig, *, reset: bool) -> None:
-    dbname = psycopg.conninfo.conninfo_to_dict(src.dsn).get("dbname") or "postgres"
+    dbname = str(psycopg.conninfo.conninfo_to_dict(src.dsn).get("dbname") or "postgres")
     with psycopg.connect(_admin_dsn(src.dsn), autocommit=True) as admin:
         if reset:
             # The slot pins WAL and remembers what was already sent: a fresh demo starts without it.
@@ -111,7 +111,7 @@ def setup_shop(src: PostgresSourceConfig, *, reset: bool) -> None:
 # --- MySQL/MariaDB: the inventory ----------------------------------------------------------------
 
 def _mysql(src: MySQLSourceConfig, database: str | None = None) -> pymysql.Connection:
-    return mysql_catalog.connect(src, **({"database": database} if database else {}))
+    return mysql_catalog.connect(src, database=database)
 
 
 def setup_inventory(src: MySQLSourceConfig, *, reset: bool) -> None:
@@ -125,7 +125,7 @@ def setup_inventory(src: MySQLSourceConfig, *, reset: bool) -> None:
             for ddl in INVENTORY_DDL:
                 cur.execute(ddl)
             cur.execute("SELECT count(*) FROM products")
-            if cur.fetchone()[0] == 0:
+            if cur.fetchone() == (0,):
                 conn.begin()
                 cur.executemany("INSERT INTO warehouses (id, city) VALUES (%s, %s)", list(enumerate(CITIES, 1)))
                 cur.executemany("INSERT INTO products (sku, name, price) VALUES (%s, %s, %s)",
@@ -266,13 +266,13 @@ def source_rows(sources: DemoSources, source: str, table: str) -> tuple[str, lis
     if source == sources.shop.name:
         sql = f"SELECT * FROM {table}"
         with psycopg.connect(sources.shop.dsn) as pg:
-            cur = pg.execute(sql)
-            return sql, [d.name for d in cur.description or []], cur.fetchall()
+            result = pg.execute(sql)
+            return sql, [d.name for d in result.description or []], result.fetchall()
     sql = f"SELECT * FROM {INVENTORY_DB}.{table}"
     conn = _mysql(sources.inventory)
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
-            return sql, [d[0] for d in cur.description], list(cur.fetchall())
+            return sql, [d[0] for d in cur.description or ()], list(cur.fetchall())
     finally:
         conn.close()

@@ -55,8 +55,10 @@ def arrow_type(lake_type: str) -> pa.DataType:
 # writes strings and binaries as views and lists with 32-bit offsets and an `element` field, whatever
 # its input; plain writes store their input's types. So every commit kind is cast to what MERGE
 # writes, and a column has one physical type in every file the sink writes (docs/type-mapping.md).
-_VIEW = {pa.string(): pa.string_view(), pa.large_string(): pa.string_view(), pa.string_view(): pa.string_view(),
-         pa.binary(): pa.binary_view(), pa.large_binary(): pa.binary_view(), pa.binary_view(): pa.binary_view()}
+_VIEW: dict[pa.DataType, pa.DataType] = {
+    pa.string(): pa.string_view(), pa.large_string(): pa.string_view(), pa.string_view(): pa.string_view(),
+    pa.binary(): pa.binary_view(), pa.large_binary(): pa.binary_view(), pa.binary_view(): pa.binary_view(),
+}
 
 
 def storage_type(t: pa.DataType) -> pa.DataType:
@@ -75,7 +77,8 @@ def storage_type(t: pa.DataType) -> pa.DataType:
 
 def storage_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` with every column in its physical type (see `storage_type`)."""
-    return pa.schema([pa.field(f.name, storage_type(f.type), f.nullable, f.metadata) for f in schema], metadata=schema.metadata)
+    return pa.schema([pa.field(f.name, storage_type(f.type), f.nullable, f.metadata) for f in schema],
+                     metadata=schema.metadata)  # type: ignore[arg-type]  # the stubs type a Mapping parameter as an invariant dict
 
 
 def to_storage(table: pa.Table) -> pa.Table:

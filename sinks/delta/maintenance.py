@@ -70,13 +70,14 @@ def run(table: str, uri: str, operation: Operation, *, storage_options: dict[str
         while True:
             try:
                 details = _apply(dt, operation, retention_hours=retention_hours, target_size=target_size, dry_run=dry_run)
-                break
             except CommitFailedError as e:
                 if backoff.attempt >= CONFLICT_RETRIES:
                     raise TransientError(f"{operation} of {table}: kept conflicting with concurrent writers ({e}); try again") from e
                 log.info("%s of %s conflicted with a concurrent commit (%s); reloading and retrying", operation, table, e)
                 backoff.wait_sync()
                 dt.update_incremental()
+                continue
+            break
         dt.update_incremental()
     except LakewardError:
         raise

@@ -16,20 +16,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
 import pyarrow as pa
 from deltalake import DeltaTable
 
 from lakeward.core.config import LakeConfig, LakewardConfig
-from lakeward.core.errors import ConfigError, TerminalError
+from lakeward.core.errors import ConfigError
 from lakeward.core.s3 import is_s3
 from lakeward.sinks.delta import s3
 
-
-class LakeTableError(TerminalError):
-    """A lake table cannot be read (damaged or unsupported Delta log, missing files, no such version)."""
+if TYPE_CHECKING:
+    import pyarrow.dataset as pds
 
 
 # A Delta table has its first commit, or a checkpoint pointer once old commits were cleaned up.
@@ -100,7 +99,7 @@ def _list_remote(lake: LakeConfig) -> dict[str, str]:
 
         candidates = sorted(t for src in subdirs("") for schema in subdirs(src) for t in subdirs(schema))
         with ThreadPoolExecutor(_HEAD_THREADS) as pool:
-            found = [path for path, ok in zip(candidates, pool.map(is_table, candidates)) if ok]
+            found = [path for path, ok in zip(candidates, pool.map(is_table, candidates), strict=True) if ok]
     return {".".join(path.split("/")): f"{root}/{path}" for path in found}
 
 
@@ -205,7 +204,7 @@ def _with_file_types(delta: pa.Schema, physical: pa.Schema) -> pa.Schema:
     return pa.schema([physical.field(f.name).with_nullable(f.nullable) if f.name in physical.names else f for f in delta])
 
 
-def _dataset(dt: DeltaTable) -> Any:
+def _dataset(dt: DeltaTable) -> pds.FileSystemDataset:
     """delta-rs' pyarrow dataset of the table, without the per-file guarantees it derives from the
     file statistics. For a file written before a column was added, delta-rs states `x >= null AND
     x <= null` as a guarantee, and pyarrow then simplifies `x IS NOT NULL` to true for that file (its
@@ -213,12 +212,12 @@ def _dataset(dt: DeltaTable) -> Any:
     footers still prune; only the file-level shortcut goes."""
     import pyarrow.dataset as pds
 
-    ds = dt.to_pyarrow_dataset()
+    ds = cast("pds.FileSystemDataset", dt.to_pyarrow_dataset())  # what delta-rs builds; typed as its base class
     fragments = [ds.format.make_fragment(fr.path, filesystem=ds.filesystem) for fr in ds.get_fragments()]
     return pds.FileSystemDataset(fragments, ds.schema, ds.format, ds.filesystem)
 
 
-def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
+def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[pds.FileSystemDataset]:
     """The table as pyarrow datasets, one per physical schema of its files.
 
     delta-rs writes text and binary columns as `large_string`/`large_binary` in plain writes and as
@@ -236,7 +235,7 @@ def _table_datasets(dt: DeltaTable, threads: int = _HEAD_THREADS) -> list[Any]:
     with ThreadPoolExecutor(min(threads, len(fragments))) as pool:
         physical = list(pool.map(lambda fr: fr.physical_schema, fragments))
     groups: dict[pa.Schema, set[str]] = {}
-    for fr, ps in zip(fragments, physical):
+    for fr, ps in zip(fragments, physical, strict=True):
         groups.setdefault(_with_file_types(base.schema, ps), set()).add(fr.path)
     if len(groups) == 1:
         (schema,) = groups
@@ -280,13 +279,3 @@ def open_lake(config: LakewardConfig, *, as_of: int | None = None, prepare: set[
         lake.con.execute(f"CREATE VIEW {_quote(source)}.{_quote(schema)}.{_quote(table)} AS {union}")
     return lake
 
-
-def duckdb_connection(config: LakewardConfig, *, as_of: int | None = None) -> duckdb.DuckDBPyConnection:
-    """DuckDB with every lake table as a view `<source>.<schema>.<table>` (see `open_lake`); fails
-    naming the first table that cannot be read."""
-    lake = open_lake(config, as_of=as_of)
-    if lake.unreadable:
-        lake.close()
-        name, why = next(iter(lake.unreadable.items()))
-        raise LakeTableError(f"lake table {name} cannot be read: {why}")
-    return lake.con

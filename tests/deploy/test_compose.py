@@ -149,7 +149,7 @@ def _lakeward_problems(name: str, svc: dict[str, Any]) -> list[str]:
         problems.append(f"{name}: overrides the image's entrypoint (lakeward): {svc['entrypoint']}")
     if want is None:
         problems.append(f"{name}: an unexpected lakeward service")
-    elif len(command) != len(want) or any(w is not None and c != w for c, w in zip(command, want)):
+    elif len(command) != len(want) or any(w is not None and c != w for c, w in zip(command, want, strict=True)):
         problems.append(f"{name}: command {command}, expected {want} (None: any value)")
     if name in WORKERS:
         test = (svc.get("healthcheck") or {}).get("test") or []
@@ -662,7 +662,7 @@ def test_the_image_gets_every_module_and_the_entry_point(dockerfile: list[tuple[
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:  # the base class's name
         code = self.status if self.path == "/healthz" else 404
         self.send_response(code)
         self.end_headers()
