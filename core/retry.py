@@ -5,9 +5,8 @@
 Errors from libraries are classified once, here:
 
   * storage, network and timeouts (OSError, ConnectionError, TimeoutError): retriable;
-  * delta-rs errors: retriable (a commit conflict, an object store hiccup) unless the message shows
-    that the same input fails the same way every time (a cast or schema error, an unsupported
-    feature, a protocol violation): `deterministic(exc)`;
+  * a plugin's library errors: as the plugin's classifier says (`register_classifier`); the Delta
+    sink registers delta-rs' (lakeward.sinks.delta.errors), so core imports no plugin's library;
   * broker errors (aiokafka's KafkaError): their own `retriable` flag, timeouts and connection
     errors retriable as well;
   * anything else (a bug, an error nobody classified): `unknown` (default False) — a worker's
@@ -20,35 +19,22 @@ Errors from libraries are classified once, here:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lakeward.core.errors import LakewardError
 
-# delta-rs reports these as a plain DeltaError/Exception: no retry can fix them.
-_DETERMINISTIC = re.compile(
-    r"Cast error|Schema error|Arrow error|SchemaMismatch|Invalid argument|Unsupported|cannot be cast|Cannot merge|"
-    r"required '\w+' feature|Invalid table version|Not a Delta table|No files in log segment", re.I)
+# A classifier reads one library's errors: True/False when it knows the error, None when it doesn't.
+Classifier = Callable[[BaseException], "bool | None"]
+_classifiers: list[Classifier] = []
 
 
-def deterministic(exc: BaseException) -> bool:
-    """A delta-rs error that the same input raises every time (retrying cannot help)."""
-    try:
-        from deltalake.exceptions import (
-            CommitFailedError,
-            DeltaProtocolError,
-            SchemaMismatchError,
-            TableNotFoundError,
-        )
-    except ImportError:  # pragma: no cover - deltalake is a dependency
-        return False
-    if isinstance(exc, (SchemaMismatchError, DeltaProtocolError, TableNotFoundError)):
-        return True
-    if isinstance(exc, (CommitFailedError, OSError, LakewardError)):
-        return False
-    # delta-rs raises some of these as a plain Exception: the message tells.
-    return isinstance(exc, Exception) and bool(_DETERMINISTIC.search(str(exc)))
+def register_classifier(classifier: Classifier) -> Classifier:
+    """Have `is_retriable` ask `classifier` about errors that are not Lakeward's own (a plugin's library)."""
+    if classifier not in _classifiers:
+        _classifiers.append(classifier)
+    return classifier
 
 
 def _kafka_retriable(exc: BaseException) -> bool | None:
@@ -70,13 +56,11 @@ def is_retriable(exc: BaseException, *, unknown: bool = False) -> bool:
         return bool(exc.retriable)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)):
         return False
-    if deterministic(exc):
-        return False
-    try:
-        from deltalake.exceptions import DeltaError
-    except ImportError:  # pragma: no cover
-        DeltaError = ()  # type: ignore[assignment,misc]
-    if isinstance(exc, (DeltaError, OSError, ConnectionError, TimeoutError)):
+    for classify in _classifiers:
+        verdict = classify(exc)
+        if verdict is not None:
+            return verdict
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
         return True
     kafka = _kafka_retriable(exc)
     if kafka is not None:

@@ -2,3 +2,6 @@
 
 config.py holds the config class, sink.py the Sink; see lakeward.core.registry.
 """
+
+# delta-rs' errors join the retry rule as soon as any part of the sink is imported.
+from lakeward.sinks.delta import errors as _errors  # noqa: F401

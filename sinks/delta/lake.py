@@ -27,7 +27,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lakeward.core import metrics
 from lakeward.core.errors import CommitConflict, SchemaChangeError
-from lakeward.core.retry import Backoff, deterministic, is_retriable
+from lakeward.core.retry import Backoff, is_retriable
 from lakeward.sinks.delta.arrow import (
     TIMESTAMP_NTZ_FEATURE,
     required_features,
@@ -35,6 +35,7 @@ from lakeward.sinks.delta.arrow import (
     to_storage,
 )
 from lakeward.sinks.delta.batch import DELETE_FLAG, KEEP_PREFIX, Plan
+from lakeward.sinks.delta.errors import deterministic
 
 log = logging.getLogger(__name__)
 

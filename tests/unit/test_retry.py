@@ -16,8 +16,9 @@ from deltalake.exceptions import (
 )
 
 from lakeward.core import errors
-from lakeward.core.retry import Backoff, deterministic, is_retriable
+from lakeward.core.retry import Backoff, is_retriable
 from lakeward.sinks.delta import lake
+from lakeward.sinks.delta.errors import deterministic
 
 TREE = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.LakewardError)]
 
