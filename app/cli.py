@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +36,7 @@ from lakeward.core.config import (
 )
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
+from lakeward.core.sink import SinkStatus
 from lakeward.sinks.delta import store as lakefs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Change data capture into Delta Lake, exactly once.")
@@ -43,19 +44,19 @@ console = Console()
 err = Console(stderr=True)
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -212,7 +213,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     except LakewardError as e:
         _fail(e)
     if as_json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+        plain = {**report, "sinks": [s.to_dict() if isinstance(s, SinkStatus) else s for s in report["sinks"]]}
+        sys.stdout.write(orjson.dumps(plain, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
     print_status(report, console)
 
@@ -230,11 +232,12 @@ def print_status(report: dict[str, Any], out: Console) -> None:
             out.print(snapshot_table(s["source"], s["snapshot"]))
     tbl = Table("sink", "table", "version", "last commit", "offset", "lag", "state", title="Lake tables")
     for s in report["sinks"]:
-        for t in s.get("tables", []):
-            tbl.add_row(s["sink"], t["table"], str(t.get("version")), str(t.get("last_commit") or ""), str(t.get("committed_offset")),
-                        str(t.get("lag")), f"[red]{t['error']}[/]" if t.get("error") else "ok")
-        if "error" in s:
+        if not isinstance(s, SinkStatus):  # the sink's status could not be read
             tbl.add_row(s["sink"], "", "", "", "", "", f"[red]{s['error']}[/]")
+            continue
+        for t in s.tables:
+            tbl.add_row(s.sink, t.table, str(t.version), t.last_commit or "", str(t.committed_offset), str(t.lag),
+                        f"[red]{t.error}[/]" if t.error else "ok")
     out.print(tbl)
 
 
@@ -408,18 +411,18 @@ def write_result(arrow: pa.Table, fmt: OutputFormat, out: Any = None) -> None:
     stream = out or sys.stdout
     if fmt == OutputFormat.json:
         for row in rows:
-            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types)}
+            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types, strict=True)}
             stream.write(orjson.dumps(doc).decode() + "\n")
     elif fmt == OutputFormat.csv:
         stream.write(",".join(_csv_field(n) for n in names) + "\n")
         for row in rows:
-            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types)) + "\n")
+            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types, strict=True)) + "\n")
     else:
         from rich.text import Text
 
         t = Table(*[Column(n, overflow="fold") for n in names]) if names else Table()
         for row in rows:  # control characters escaped, so each row stays one line
-            cells = [_text_value(v, ty) for v, ty in zip(row, types)]
+            cells = [_text_value(v, ty) for v, ty in zip(row, types, strict=True)]
             t.add_row(*(Text("NULL", style="dim") if c is None else Text(c.translate(_CONTROL)) for c in cells))
         target = console if console.is_terminal else Console(width=max(80, Console(width=10**6).measure(t).maximum), highlight=False)
         target.print(t)
