@@ -474,8 +474,8 @@ def _parsed(events: Events, catalog: Catalog, before: dict[str, str]) -> tuple[E
         return None  # decoding per event names the event without an op
     known = pc.is_in(op, value_set=pa.array(sorted(ALL_OPS)))
     if not pc.all(known).as_py():
-        rows = pc.indices_nonzero(known).to_pylist()
-        events, table, op = events.select(rows), table.take(rows), op.take(rows)
+        rows = pc.indices_nonzero(known)
+        events, table, op = events.select(rows.to_pylist()), table.take(rows), op.take(rows)
     rows_ops = pc.is_in(op, value_set=pa.array(sorted(ROW_OPS)))
     if table.num_rows and "after" in table.column_names:
         if not pc.all(pc.or_(pc.invert(rows_ops), pc.is_valid(table.column("after")))).as_py():
@@ -501,6 +501,19 @@ def _field(table: pa.Table, struct: str, name: str, n: int, lake_type: str) -> p
     if struct not in table.column_names:
         return pa.nulls(n, envelopes.json_type(lake_type))
     return pc.struct_field(table.column(struct), [table.schema.field(struct).type.get_field_index(name)])
+
+
+def _value_columns(catalog: Catalog, n: int, values_of: Callable[[str, str], pa.Array]) -> dict[str, pa.Array] | None:
+    """The data columns in the lake types from `values_of(name, lake_type)` (JSON types); null for
+    the columns only the Delta table has; None when a value does not convert."""
+    cols: dict[str, pa.Array] = {}
+    try:
+        for name, typ in catalog.arrow.items():
+            lake_type = catalog.lake.get(name)
+            cols[name] = pa.nulls(n, typ) if lake_type is None else envelopes.from_json(values_of(name, lake_type), lake_type)
+    except envelopes.ConversionError:
+        return None
+    return cols
 
 
 def _meta_arrow(events: Events, rows: list[int] | None, op: pa.Array, ts: Any) -> dict[str, pa.Array]:
@@ -556,18 +569,15 @@ def plan_mirror_arrow(events: Events, catalog: Catalog) -> tuple[Plan, Counter[s
         is_del = is_del.filter(pc.invert(is_del))
     m = len(picked)
     deletes = bool(pc.any(is_del).as_py()) if m else False
-    try:
-        cols: dict[str, pa.Array] = {}
-        for name, typ in catalog.arrow.items():
-            lake_type = catalog.lake.get(name)
-            if lake_type is None:
-                cols[name] = pa.nulls(m, typ)
-                continue
-            values = keys[name].take(picked) if name in keys else _field(table, "after", name, n, lake_type).take(picked)
-            if deletes and name not in keys:
-                values = pc.if_else(is_del, pa.scalar(None, values.type), values)
-            cols[name] = envelopes.from_json(values, lake_type)
-    except envelopes.ConversionError:
+
+    def values_of(name: str, lake_type: str) -> pa.Array:
+        if name in keys:
+            return keys[name].take(picked)
+        values = _field(table, "after", name, n, lake_type).take(picked)
+        return pc.if_else(is_del, pa.scalar(None, values.type), values) if deletes else values
+
+    cols = _value_columns(catalog, m, values_of)
+    if cols is None:
         return None
     rows = picked.to_pylist()
     cols.update(_meta_arrow(events, rows, op.take(picked), table.column("ts_ms").take(picked)))
@@ -596,16 +606,9 @@ def plan_changelog_arrow(events: Events, catalog: Catalog) -> tuple[Plan, Counte
                 before_ok = pc.and_(before_ok, pc.is_valid(_field(table, "before", c, n, catalog.lake[c])))
         if not pc.all(pc.or_(pc.invert(is_del), before_ok)).as_py():
             return None
-    try:
-        cols: dict[str, pa.Array] = {}
-        for name, typ in catalog.arrow.items():
-            lake_type = catalog.lake.get(name)
-            if lake_type is None:
-                cols[name] = pa.nulls(n, typ)
-                continue
-            values = pc.if_else(is_del, _field(table, "before", name, n, lake_type), _field(table, "after", name, n, lake_type))
-            cols[name] = envelopes.from_json(values, lake_type)
-    except envelopes.ConversionError:
+    cols = _value_columns(catalog, n, lambda name, lake_type: pc.if_else(is_del, _field(table, "before", name, n, lake_type),
+                                                                        _field(table, "after", name, n, lake_type)))
+    if cols is None:
         return None
     cols.update(_meta_arrow(events, None, op, table.column("ts_ms")))
     cols[META_OFFSET] = pa.array(events.offsets, type=pa.int64())

@@ -66,6 +66,12 @@ class Events:
     def index(self, offset: int) -> int:
         return self.offsets.index(offset)
 
+    def drop_values(self) -> None:
+        """Free the raw values and keys once the batch is planned: the commit needs neither, and the
+        next buffer fills while it runs (the sink's peak memory)."""
+        self.values = []
+        self.keys = []
+
     def headers(self, i: int) -> list[tuple[str, bytes]]:
         """The headers event `i` arrived with, as far as the sink reads them (for a dead letter)."""
         out = [(POSITION_HEADER, self.positions[i]), (SCHEMA_HEADER, self.infos[i].schema.id.encode())]

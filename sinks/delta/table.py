@@ -441,6 +441,7 @@ class PartitionWriter:
                     bad = kept.offsets[-1]  # the `d` of a key change goes with its `c`
                     kept = kept.before(bad)
                 batch = Batch(kept, batch.first, bad - 1, kept.positions[-1] if len(kept) else self.committer.committed_position, [])
+        batch.events.drop_values()
         if batch.last < batch.first:
             if stop_at is not None:
                 raise stop_at
