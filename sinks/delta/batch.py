@@ -17,6 +17,7 @@ mode keeps one row per event (`plan_changelog`).
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -516,12 +517,24 @@ def _value_columns(catalog: Catalog, n: int, values_of: Callable[[str, str], pa.
     return cols
 
 
-def _meta_arrow(events: Events, rows: list[int] | None, op: pa.Array, ts: Any) -> dict[str, pa.Array]:
-    positions = events.positions
-    hexes = [p.hex() for p in positions] if rows is None else [positions[i].hex() for i in rows]
+def _hex_positions(positions: list[bytes]) -> pa.Array:
+    """The positions as hex strings; when they all have one length (as a source writes them), in one
+    hex() of their concatenation cut into equal slices, with no Python object per position."""
+    n = len(positions)
+    widths = set(map(len, positions))
+    if len(widths) != 1:
+        return pa.array([p.hex() for p in positions], type=pa.large_string())
+    width = 2 * widths.pop()
+    data = b"".join(positions).hex().encode()
+    offsets = array("q", range(0, width * (n + 1), width))
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _meta_arrow(events: Events, picked: pa.Array | None, op: pa.Array, ts: Any) -> dict[str, pa.Array]:
+    hexes = _hex_positions(events.positions)
     return {
         META_OP: op.cast(pa.large_string()),
-        META_POSITION: pa.array(hexes, type=pa.large_string()),
+        META_POSITION: hexes if picked is None else hexes.take(picked),
         META_COMMITTED_AT: ts.cast(pa.timestamp("ms", tz="UTC")).cast(META_TYPES[META_COMMITTED_AT]),
     }
 
@@ -579,8 +592,7 @@ def plan_mirror_arrow(events: Events, catalog: Catalog) -> tuple[Plan, Counter[s
     cols = _value_columns(catalog, m, values_of)
     if cols is None:
         return None
-    rows = picked.to_pylist()
-    cols.update(_meta_arrow(events, rows, op.take(picked), table.column("ts_ms").take(picked)))
+    cols.update(_meta_arrow(events, picked, op.take(picked), table.column("ts_ms").take(picked)))
     if truncated:
         return Plan("overwrite", pa.table(cols) if m else _empty(catalog, mirror=True), pk=pk, events=n), ops
     cols[DELETE_FLAG] = is_del.combine_chunks() if isinstance(is_del, pa.ChunkedArray) else is_del
