@@ -36,6 +36,7 @@ from lakeward.core.config import (
 )
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
+from lakeward.core.sink import SinkStatus
 from lakeward.sinks.delta import store as lakefs
 
 if TYPE_CHECKING:
@@ -217,7 +218,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     except LakewardError as e:
         _fail(e)
     if as_json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+        plain = {**report, "sinks": [s.to_dict() if isinstance(s, SinkStatus) else s for s in report["sinks"]]}
+        sys.stdout.write(orjson.dumps(plain, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
     print_status(report, console)
 
@@ -235,11 +237,12 @@ def print_status(report: dict[str, Any], out: Console) -> None:
             out.print(snapshot_table(s["source"], s["snapshot"]))
     tbl = Table("sink", "table", "version", "last commit", "offset", "lag", "state", title="Lake tables")
     for s in report["sinks"]:
-        for t in s.get("tables", []):
-            tbl.add_row(s["sink"], t["table"], str(t.get("version")), str(t.get("last_commit") or ""), str(t.get("committed_offset")),
-                        str(t.get("lag")), f"[red]{t['error']}[/]" if t.get("error") else "ok")
-        if "error" in s:
+        if not isinstance(s, SinkStatus):  # the sink's status could not be read
             tbl.add_row(s["sink"], "", "", "", "", "", f"[red]{s['error']}[/]")
+            continue
+        for t in s.tables:
+            tbl.add_row(s.sink, t.table, str(t.version), t.last_commit or "", str(t.committed_offset), str(t.lag),
+                        f"[red]{t.error}[/]" if t.error else "ok")
     out.print(tbl)
 
 

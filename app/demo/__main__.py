@@ -36,6 +36,7 @@ from lakeward.app.runner import build_workers
 from lakeward.core.config import load_config
 from lakeward.core.errors import LakewardError
 from lakeward.core.logs import setup_logging
+from lakeward.core.sink import SinkStatus
 
 console = Console()
 CATCH_UP_TIMEOUT_S = 120.0
@@ -183,8 +184,8 @@ async def _status(workers: list[Any]) -> dict[str, list[dict[str, Any]]]:
             st = await w.status()
         except LakewardError as e:
             st = {"error": str(e)}
-        if "tables" in st and "sink" in st:
-            out["tables"].extend(st["tables"])
+        if isinstance(st, SinkStatus):
+            out["tables"].extend(st.to_dict()["tables"])
         else:
             out["sources"].append(st)
     return out

@@ -1,8 +1,15 @@
-"""Buffered events -> one Arrow table per flush.
+"""Buffered events -> one Arrow table per flush (the planner).
 
-Hot path of the sink: everything here is per-row Python, so it is written as a few tight loops and
-list comprehensions over plain tuples and dicts, and the value columns are built once per flush with
-`lakeward.sinks.delta.arrow.to_arrow` from the table schema's lake types (never from the JSON values).
+A batch arrives as raw envelopes (buffer.Events). The common batch — rows whose `after` carries
+every column, deletes whose `before` carries the key, truncates — is decoded and planned in Arrow:
+the envelopes are parsed in C++ (envelopes.read), the last event per primary key is found by a
+group-by, and the value columns are converted by Arrow kernels (`plan_mirror_arrow`,
+`plan_changelog_arrow`). Everything else — a primary-key change, an update without its unchanged
+TOASTed values, a value the strict JSON reader refuses, an event that does not decode — is decoded
+per event with orjson into plain tuples and planned by the per-row code (`plan_mirror`,
+`plan_changelog`), which finds the offending event's offset or fills absent values from the batch
+or the lake. Both ways write the same values; the value columns are typed by the table schema's
+lake types, never by the JSON values.
 
 Mirror mode collapses the batch per primary key (last event wins; see `plan_mirror`), changelog
 mode keeps one row per event (`plan_changelog`).
@@ -10,17 +17,23 @@ mode keeps one row per event (`plan_changelog`).
 
 from __future__ import annotations
 
+from array import array
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeward.core.errors import PoisonEventError, TerminalError
-from lakeward.core.events import OLD_KEY_HEADER, OP_DELETE, OP_TRUNCATE, TableSchema
+from lakeward.core.events import OLD_KEY_HEADER, OP_CREATE, OP_DELETE, OP_READ, OP_TRUNCATE, OP_UPDATE, TableSchema
+from lakeward.sinks.delta import envelopes
 from lakeward.sinks.delta.arrow import to_arrow
+
+if TYPE_CHECKING:
+    from lakeward.sinks.delta.buffer import Events
 
 # Metadata columns written next to the data columns.
 META_OP = "_lakeward_op"
@@ -45,9 +58,12 @@ META_TYPES: dict[str, pa.DataType] = {
     META_UNCHANGED: pa.large_list(pa.large_string()),
 }
 
-# An event is a plain tuple (cheapest to build per message); these are its fields. LINK: the other
-# key of a primary-key change (header __debezium.newkey of its `d`, __debezium.oldkey of its `c`), else None.
+# A decoded event (the per-event way) is a plain tuple; these are its fields. LINK: the other key of
+# a primary-key change (header __debezium.newkey of its `d`, __debezium.oldkey of its `c`), else None.
 OFF, POS, OP, BEFORE, AFTER, TS, TXID, KEY, INFO, LINK = range(10)
+
+ROW_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ))
+ALL_OPS = frozenset((OP_CREATE, OP_UPDATE, OP_READ, OP_DELETE, OP_TRUNCATE))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -348,14 +364,14 @@ def _fill_from_lake(cols: dict[str, pa.Array], entries: list[list], catalog: Cat
         for j, r in enumerate(found.select(list(pk)).to_pylist()):
             at[r[pk[0]] if len(pk) == 1 else tuple(r[c] for c in pk)] = j
     ours = keys.to_pylist()  # the old keys as the lake's Python values, in the order of `olds`
-    index = {k: at.get(r[pk[0]] if len(pk) == 1 else tuple(r[c] for c in pk)) for k, r in zip(olds, ours)}
+    index = {k: at.get(r[pk[0]] if len(pk) == 1 else tuple(r[c] for c in pk)) for k, r in zip(olds, ours, strict=True)}
     for c in names:
         idx = [index[e[4][1]] if e[4] is not None and c in e[4][2] else None for e in entries]
         column = found.column(c) if found is not None and c in found.column_names else None
-        for e, j in zip(entries, idx):
-            if e[4] is not None and c in e[4][2] and (j is None or column is None or not column[j].is_valid):
+        for e, at_j in zip(entries, idx, strict=True):
+            if e[4] is not None and c in e[4][2] and (at_j is None or column is None or not column[at_j].is_valid):
                 raise _unfound(e[1], e[4][0], e[4][2], topic, partition,
-                               "not in the batch, nor in the lake under the old key" if j is None else
+                               "not in the batch, nor in the lake under the old key" if at_j is None else
                                f"not in the batch, and the lake holds NULL for {c!r} under the old key")
         taken = column.take(pa.array(idx, type=pa.int64())).combine_chunks().cast(cols[c].type)  # type: ignore[union-attr]
         cols[c] = pc.if_else(pc.is_valid(pa.array(idx, type=pa.int64())), taken, cols[c])
@@ -400,3 +416,214 @@ def plan_changelog(events: list[tuple], catalog: Catalog, topic: str, partition:
     cols[META_TXID] = pa.array([e[TXID] for e in events], type=pa.int64())
     cols[META_UNCHANGED] = pa.array(unchanged, type=META_TYPES[META_UNCHANGED])
     return Plan("append", pa.table(cols), events=len(events))
+
+
+# --- the whole batch -------------------------------------------------------------------------------
+
+
+def plan(events: Events, catalog: Catalog, mode: str, topic: str, partition: int,
+         lookup: Lookup | None = None) -> tuple[Plan, Counter[str]]:
+    """The plan of a batch and its events per op (for the metrics): in Arrow when the batch allows
+    it, else per event. Raises PoisonEventError (with `.offset`) for an event that does not decode
+    or whose value does not convert, TerminalError for a key change's value found nowhere."""
+    if len(events):
+        planned = plan_mirror_arrow(events, catalog) if mode == "mirror" else plan_changelog_arrow(events, catalog)
+        if planned is not None:
+            return planned
+    decoded = decode(events, topic, partition)
+    ops = Counter(ev[OP] for ev in decoded)
+    if mode == "mirror":
+        return plan_mirror(decoded, catalog, topic, partition, lookup=lookup), ops
+    return plan_changelog(decoded, catalog, topic, partition), ops
+
+
+def decode(events: Events, topic: str, partition: int) -> list[tuple]:
+    """The events as plain tuples (see OFF ... LINK), decoded one by one; ops without rows to write
+    (`m`, a logical decoding message) are left out."""
+    loads = orjson.loads
+    links = events.links
+    out: list[tuple] = []
+    for i, value in enumerate(events.values):
+        try:
+            ev = loads(value)
+            op = ev["op"]
+            after = ev.get("after")
+            if op in ROW_OPS:
+                if type(after) is not dict:
+                    raise ValueError(f"op {op!r} without an `after` object")
+            elif op not in ALL_OPS:
+                continue
+            src = ev.get("source")
+            link = links[i][1] if i in links else None
+            ts, txid = (src.get("ts_ms"), src.get("txId")) if src else (None, None)
+            out.append((events.offsets[i], events.positions[i], op, ev.get("before"), after, ts, txid, events.keys[i], events.infos[i], link))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise _poison(topic, partition, events.offsets[i], f"undecodable event ({e.__class__.__name__}: {e})") from None
+    return out
+
+
+def _parsed(events: Events, catalog: Catalog, before: dict[str, str]) -> tuple[Events, pa.Table, pa.Array] | None:
+    """The batch parsed in Arrow, without ops that write nothing: (its events, the parsed table, the
+    op column); None when the batch must be decoded per event."""
+    if events.links:
+        return None  # a primary-key change: its `c` takes values from the old key's row
+    table = envelopes.read(events.values, catalog.lake, before)
+    if table is None:
+        return None
+    op = table.column("op").combine_chunks()
+    if op.null_count:
+        return None  # decoding per event names the event without an op
+    known = pc.is_in(op, value_set=pa.array(sorted(ALL_OPS)))
+    if not pc.all(known).as_py():
+        rows = pc.indices_nonzero(known)
+        events, table, op = events.select(rows.to_pylist()), table.take(rows), op.take(rows)
+    rows_ops = pc.is_in(op, value_set=pa.array(sorted(ROW_OPS)))
+    if table.num_rows and "after" in table.column_names:
+        if not pc.all(pc.or_(pc.invert(rows_ops), pc.is_valid(table.column("after")))).as_py():
+            return None  # a row op without an `after` object: decoding per event names it
+    elif pc.any(rows_ops).as_py():
+        return None
+    # An update may lack unchanged TOASTed values (absent, not null): the JSON reader cannot tell
+    # absent from null, so updates are looked at one by one (inserts and snapshot reads are whole).
+    loads = orjson.loads
+    for i in pc.indices_nonzero(pc.equal(op, OP_UPDATE)).to_pylist():
+        after = loads(events.values[i]).get("after")
+        if type(after) is not dict or not after.keys() >= events.infos[i].colset:
+            return None
+    return events, table, op
+
+
+def _ops(op: pa.Array) -> Counter[str]:
+    return Counter({c["values"]: c["counts"] for c in pc.value_counts(op).to_pylist()})
+
+
+def _field(table: pa.Table, struct: str, name: str, n: int, lake_type: str) -> pa.ChunkedArray | pa.Array:
+    """Column `name` of the parsed `before` or `after` (null where the struct is null)."""
+    if struct not in table.column_names:
+        return pa.nulls(n, envelopes.json_type(lake_type))
+    return pc.struct_field(table.column(struct), [table.schema.field(struct).type.get_field_index(name)])
+
+
+def _value_columns(catalog: Catalog, n: int, values_of: Callable[[str, str], pa.Array]) -> dict[str, pa.Array] | None:
+    """The data columns in the lake types from `values_of(name, lake_type)` (JSON types); null for
+    the columns only the Delta table has; None when a value does not convert."""
+    cols: dict[str, pa.Array] = {}
+    try:
+        for name, typ in catalog.arrow.items():
+            lake_type = catalog.lake.get(name)
+            cols[name] = pa.nulls(n, typ) if lake_type is None else envelopes.from_json(values_of(name, lake_type), lake_type)
+    except envelopes.ConversionError:
+        return None
+    return cols
+
+
+def _hex_positions(positions: list[bytes]) -> pa.Array:
+    """The positions as hex strings; when they all have one length (as a source writes them), in one
+    hex() of their concatenation cut into equal slices, with no Python object per position."""
+    n = len(positions)
+    widths = set(map(len, positions))
+    if len(widths) != 1:
+        return pa.array([p.hex() for p in positions], type=pa.large_string())
+    width = 2 * widths.pop()
+    data = b"".join(positions).hex().encode()
+    offsets = array("q", range(0, width * (n + 1), width))
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _meta_arrow(events: Events, picked: pa.Array | None, op: pa.Array, ts: Any) -> dict[str, pa.Array]:
+    hexes = _hex_positions(events.positions)
+    return {
+        META_OP: op.cast(pa.large_string()),
+        META_POSITION: hexes if picked is None else hexes.take(picked),
+        META_COMMITTED_AT: ts.cast(pa.timestamp("ms", tz="UTC")).cast(META_TYPES[META_COMMITTED_AT]),
+    }
+
+
+def plan_mirror_arrow(events: Events, catalog: Catalog) -> tuple[Plan, Counter[str]] | None:
+    """`plan_mirror` for a batch without key changes and absent values, in Arrow; None for any
+    other batch (and for a value that does not convert: decoding per event names its offset)."""
+    infos = set(events.infos)
+    pks = {info.pk for info in infos}
+    if len(pks) != 1:
+        return None
+    (pk,) = pks
+    parsed = _parsed(events, catalog, {c: catalog.lake[c] for c in pk if c in catalog.lake})
+    if parsed is None:
+        return None
+    events, table, op = parsed
+    ops = _ops(op)
+    n = table.num_rows
+    truncated = OP_TRUNCATE in ops
+    start = 0
+    if truncated:
+        start = pc.max(pc.indices_nonzero(pc.equal(op, OP_TRUNCATE))).as_py() + 1
+        events, table, op = events.select(range(start, n)), table.slice(start), op.slice(start)
+        n -= start
+    if n == 0:
+        if truncated:
+            return Plan("overwrite", _empty(catalog, mirror=True), pk=pk, events=0), ops
+        return Plan("none", None, events=0), ops
+    is_del = pc.equal(op, OP_DELETE)
+    keys = {}
+    if any(c not in catalog.lake for c in pk):
+        return None
+    for c in pk:
+        key = pc.if_else(is_del, _field(table, "before", c, n, catalog.lake[c]), _field(table, "after", c, n, catalog.lake[c]))
+        if key.null_count:
+            return None  # decoding per event finds a delete without its key in `before` (or names the event)
+        keys[c] = key
+    order = pa.table({**{f"k{j}": keys[c] for j, c in enumerate(pk)}, "i": pa.array(range(n), type=pa.int64())})
+    last = order.group_by([f"k{j}" for j in range(len(pk))], use_threads=False).aggregate([("i", "min"), ("i", "max")])
+    # in the order the keys first appear, as plan_mirror writes them
+    picked = last.column("i_max").combine_chunks().take(pc.sort_indices(last.column("i_min")))
+    is_del = is_del.take(picked)
+    if truncated:  # a key deleted after the truncate is simply not in the new table
+        picked = picked.filter(pc.invert(is_del))
+        is_del = is_del.filter(pc.invert(is_del))
+    m = len(picked)
+    deletes = bool(pc.any(is_del).as_py()) if m else False
+
+    def values_of(name: str, lake_type: str) -> pa.Array:
+        if name in keys:
+            return keys[name].take(picked)
+        values = _field(table, "after", name, n, lake_type).take(picked)
+        return pc.if_else(is_del, pa.scalar(None, values.type), values) if deletes else values
+
+    cols = _value_columns(catalog, m, values_of)
+    if cols is None:
+        return None
+    cols.update(_meta_arrow(events, picked, op.take(picked), table.column("ts_ms").take(picked)))
+    if truncated:
+        return Plan("overwrite", pa.table(cols) if m else _empty(catalog, mirror=True), pk=pk, events=n), ops
+    cols[DELETE_FLAG] = is_del.combine_chunks() if isinstance(is_del, pa.ChunkedArray) else is_del
+    return Plan("merge", pa.table(cols), pk=pk, events=n), ops
+
+
+def plan_changelog_arrow(events: Events, catalog: Catalog) -> tuple[Plan, Counter[str]] | None:
+    """`plan_changelog` for a batch without absent values, in Arrow; None for any other batch."""
+    parsed = _parsed(events, catalog, catalog.lake)
+    if parsed is None:
+        return None
+    events, table, op = parsed
+    n = table.num_rows
+    if n == 0:
+        return Plan("none", None), _ops(op)
+    is_del = pc.equal(op, OP_DELETE)
+    if pc.any(is_del).as_py():
+        # A delete's row is its `before`; without one (or without its key) plan_changelog takes the
+        # key from the message key.
+        before_ok = pc.is_valid(table.column("before")) if "before" in table.column_names else pa.nulls(n, pa.bool_())
+        for info in set(events.infos):
+            for c in info.pk:
+                before_ok = pc.and_(before_ok, pc.is_valid(_field(table, "before", c, n, catalog.lake[c])))
+        if not pc.all(pc.or_(pc.invert(is_del), before_ok)).as_py():
+            return None
+    cols = _value_columns(catalog, n, lambda name, lake_type: pc.if_else(is_del, _field(table, "before", name, n, lake_type),
+                                                                        _field(table, "after", name, n, lake_type)))
+    if cols is None:
+        return None
+    cols.update(_meta_arrow(events, None, op, table.column("ts_ms")))
+    cols[META_OFFSET] = pa.array(events.offsets, type=pa.int64())
+    cols[META_TXID] = table.column("txid")
+    cols[META_UNCHANGED] = pa.nulls(n, META_TYPES[META_UNCHANGED])
+    return Plan("append", pa.table(cols), events=n), _ops(op)

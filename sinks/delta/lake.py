@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -258,7 +258,7 @@ class LakeTable:
         elif plan.kind == "overwrite":
             # After a truncate the table is exactly `data`: when a column changed type (a source re-read
             # the table after ALTER ... TYPE), the table takes the new schema instead of merging into it.
-            schema_mode = "overwrite" if self._retyped(data.schema) else "merge"
+            schema_mode: Literal["merge", "overwrite"] = "overwrite" if self._retyped(data.schema) else "merge"
             write_deltalake(self.dt, data, mode="overwrite", schema_mode=schema_mode, commit_properties=props)
         elif plan.kind == "merge":
             self._merge(plan, data, props)

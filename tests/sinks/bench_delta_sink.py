@@ -1,7 +1,7 @@
 """Throughput of the Delta sink (a script, not a test): `python -m tests.sinks.bench_delta_sink [N]`.
 
-Part 1 times the stages of one flush on N events in-process (decode, collapse/build Arrow, Delta
-commit). Part 2 publishes N events to the local broker first (not timed), then times a DeltaSink
+Part 1 times the stages of one flush on N events in-process (buffer, decode and plan in Arrow,
+Delta commit). Part 2 publishes N events to the local broker first (not timed), then times a DeltaSink
 from start until the lake holds them all, in mirror mode (snapshot + updates) and changelog mode.
 """
 
@@ -26,9 +26,9 @@ from lakeward.core.events import (
     TableSchema,
     envelope,
 )
-from lakeward.sinks.delta.batch import Catalog, plan_changelog, plan_mirror
+from lakeward.sinks.delta.batch import plan
 from lakeward.sinks.delta.lake import LakeTable
-from lakeward.sinks.delta.table import TableWriter
+from lakeward.sinks.delta.table import PartitionWriter
 
 BATCH_ROWS = int(os.environ.get("BENCH_BATCH_ROWS", "200000"))
 """Rows per flush (the config default); try BENCH_BATCH_ROWS=50000 for more, smaller flushes."""
@@ -78,19 +78,19 @@ async def stages(n: int) -> None:
                 from aiokafka import TopicPartition
 
                 lake = LakeTable(uri, {}, "bench.shop.public.orders", 0, "shop.public.orders", "bench")
-                w = TableWriter(TopicPartition("bench.shop.public.orders", 0), source="shop", schema="public", table="orders", mode=mode,
+                w = PartitionWriter(TopicPartition("bench.shop.public.orders", 0), source="shop", schema="public", table="orders", mode=mode,
                                 lake=lake, schemas=_Schemas(), feed=_NoFeed(), batch_rows=10 * n, batch_bytes=1 << 40, batch_interval_s=1e9)
                 await w.open()
                 t0 = time.perf_counter()
                 await w.ingest(records, w.epoch)
                 t1 = time.perf_counter()
-                plan = (plan_mirror if mode == "mirror" else plan_changelog)(w._events, Catalog(dict(w.catalog.arrow), dict(w.catalog.lake)),
-                                                                            "t", 0)
+                planned, _ = plan(w.buffer.events, w.committer.catalog_snapshot(), mode, "t", 0)
                 t2 = time.perf_counter()
-                res = lake.commit(plan, expected=w.committed_offset, txn=records[-1].offset, position=w.last_position, first=records[0].offset)
+                res = lake.commit(planned, expected=w.committed_offset, txn=records[-1].offset, position=w.buffer.last_position,
+                                  first=records[0].offset)
                 t3 = time.perf_counter()
                 assert res.ok
-                kind = plan.kind if w.version is not None else "create"
+                kind = planned.kind if w.committer.version is not None else "create"
                 print(f"  {mode:9} {label:16} {n} events: decode {n / (t1 - t0):>9,.0f}/s  plan {n / (t2 - t1):>9,.0f}/s  "
                       f"commit ({kind}) {n / (t3 - t2):>9,.0f}/s  => flush total {n / (t3 - t0):>9,.0f} rows/s")
 
@@ -116,28 +116,28 @@ async def end_to_end(n: int) -> None:
                         await pub.send_full()
                 await pub.flush()
                 first: list[float] = []
-                ingest = TableWriter.ingest
+                ingest = PartitionWriter.ingest
 
-                async def timed_ingest(self, records, epoch):  # when the first record reached the sink
+                async def timed_ingest(self, records, epoch, first=first, ingest=ingest):  # when the first record reached the sink
                     first.append(time.perf_counter())
                     await ingest(self, records, epoch)
 
-                TableWriter.ingest = timed_ingest  # type: ignore[method-assign]
+                PartitionWriter.ingest = timed_ingest  # type: ignore[method-assign]
                 t0 = time.perf_counter()
                 async with lab.sink(mode=mode, batch_rows=BATCH_ROWS, batch_interval_s=1.0) as sink:
                     while True:
-                        st = (await sink.status())["tables"]
-                        if st and st[0]["committed_offset"] == n:
+                        st = (await sink.status()).tables
+                        if st and st[0].committed_offset == n:
                             break
-                        if st and st[0]["error"]:
-                            raise SystemExit(st[0]["error"])
+                        if st and st[0].error:
+                            raise SystemExit(st[0].error)
                         await asyncio.sleep(0.05)
                     elapsed = time.perf_counter() - t0
-                TableWriter.ingest = ingest  # type: ignore[method-assign]
+                PartitionWriter.ingest = ingest  # type: ignore[method-assign]
                 rows = len(lab.rows(t)) if mode == "mirror" else n + 1
                 print(f"  {mode:9} end to end: {n + 1} events in {elapsed:.2f}s = {(n + 1) / elapsed:,.0f} events/s incl. consumer "
                       f"start and group join; {(n + 1) / (t0 + elapsed - first[0]):,.0f} events/s from the first event consumed "
-                      f"(lake rows {rows}, commits {st[0]['commits']})")
+                      f"(lake rows {rows}, commits {st[0].commits})")
 
 
 async def main() -> None:

@@ -167,30 +167,30 @@ class Lab:
         """Rows without the metadata columns (or only `cols`)."""
         return [{k: v for k, v in r.items() if (k in cols if cols else not k.startswith("_lakeward_"))} for r in self.rows(ts)]
 
-    async def until(self, check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    async def until(self, check: Callable[[], Any], within_s: float = 20.0, what: str = "") -> Any:
         """Poll `check` (in a thread: it reads Delta tables) until it returns something truthy."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         last: Any = None
         while time.monotonic() < deadline:
             last = await asyncio.to_thread(check)
             if last:
                 return last
             await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last result {last!r}")
+        raise AssertionError(f"timed out after {within_s}s waiting for {what or check}; last result {last!r}")
 
-    async def until_committed(self, sink: Any, offset: int, timeout: float = 20.0) -> None:
+    async def until_committed(self, sink: Any, offset: int, within_s: float = 20.0) -> None:
         """Wait until every writer of `sink` has recorded its commit through `offset`.
 
         Rows are visible in the Delta table a moment before the writer notes the commit in memory,
         so a test that reads `status()` right after the rows appear must wait for this too.
         """
         await self.until(lambda: [w.committed_offset for w in sink._writers.values()] == [offset] * len(sink._writers)
-                         and bool(sink._writers), timeout, what=f"writers committed through offset {offset}")
+                         and bool(sink._writers), within_s, what=f"writers committed through offset {offset}")
 
-    async def until_rows(self, ts: TableSchema, expected: list[dict[str, Any]], timeout: float = 20.0,
+    async def until_rows(self, ts: TableSchema, expected: list[dict[str, Any]], within_s: float = 20.0,
                          cols: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         try:
-            await self.until(lambda: self.data(ts, cols) == expected, timeout, what=f"rows of {ts.qualified}")
+            await self.until(lambda: self.data(ts, cols) == expected, within_s, what=f"rows of {ts.qualified}")
         except AssertionError:
             assert self.data(ts, cols) == expected  # shows the difference
         return self.rows(ts)

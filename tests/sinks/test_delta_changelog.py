@@ -33,7 +33,7 @@ async def test_changelog_appends_every_event_with_its_metadata(lab):
     async with lab.sink(mode="changelog") as sink:
         await lab.until(lambda: len(lab.rows(t)) == 5, what="5 rows")
         await lab.until_committed(sink, 5)
-        status = (await sink.status())["tables"][0]
+        status = (await sink.status()).tables[0]
     rows = lab.rows(t, sort=("_lakeward_offset",))
     assert [(r["_lakeward_offset"], r["_lakeward_op"], r["id"], r["small"], r["big"], r["_lakeward_unchanged"]) for r in rows] == [
         (0, "c", 1, "a", "B", None),
@@ -46,7 +46,7 @@ async def test_changelog_appends_every_event_with_its_metadata(lab):
     assert rows[1]["_lakeward_committed_at"] == datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC)
     txids = [r["_lakeward_txid"] for r in rows]
     assert txids[3] is None and all(isinstance(x, int) for x in txids[:3]) and txids[0] < txids[1] < txids[2]
-    assert status["duplicates_dropped"] == 1 and status["committed_offset"] == 5
+    assert status.duplicates_dropped == 1 and status.committed_offset == 5
 
 
 async def test_restart_resumes_from_the_delta_txn_without_duplicates(lab):
@@ -61,20 +61,20 @@ async def test_restart_resumes_from_the_delta_txn_without_duplicates(lab):
         await lab.publish(t, [dele({"id": 0})])
         await lab.until(lambda: len(lab.rows(t)) >= 81, what="81 rows")
         # it resumed at offset 50 (the txn + 1): nothing re-read, so nothing had to be dropped by position
-        assert (await sink.status())["tables"][0]["duplicates_dropped"] == 0
+        assert (await sink.status()).tables[0].duplicates_dropped == 0
     async with lab.sink(mode="changelog", name="third") as sink:  # nothing new: nothing written again
         await lab.until(lambda: [w.next_offset for w in sink._writers.values()] == [81], what="third sink caught up")
-        status = (await sink.status())["tables"][0]
+        status = (await sink.status()).tables[0]
     rows = lab.rows(t, sort=("_lakeward_offset",))
     assert [r["_lakeward_offset"] for r in rows] == list(range(81))
     # status of a sink that is not running: read from the lake and the broker
     await lab.publish(t, [ins({"id": 100, "v": "z"})])
     offline = await DeltaSink(lab.config(mode="changelog", name="third"), broker=lab.broker, lake=lab.lake).status()
-    (table,) = offline["tables"]
-    assert (offline["running"], table["table"], table["committed_offset"], table["lag"]) == (False, "shop.public.events", 80, 1)
-    assert table["last_position"] == rows[-1]["_lakeward_position"] and table["version"] == DeltaTable(lab.uri(t)).version()
+    (table,) = offline.tables
+    assert (offline.running, table.table, table.committed_offset, table.lag) == (False, "shop.public.events", 80, 1)
+    assert table.last_position == rows[-1]["_lakeward_position"] and table.version == DeltaTable(lab.uri(t)).version()
     assert [r["_lakeward_op"] for r in rows] == ["c"] * 50 + ["u"] * 30 + ["d"]
-    assert status["committed_offset"] == 80 and status["rows_applied"] == 0 and status["duplicates_dropped"] == 0
+    assert status.committed_offset == 80 and status.rows_applied == 0 and status.duplicates_dropped == 0
 
 
 async def test_mirror_restart_with_new_events_and_kafka_offsets_for_monitoring(lab):
@@ -136,7 +136,7 @@ async def test_stop_flushes_what_is_buffered(lab):
     t = await lab.table("shop", "public", "events", [("id", "long"), ("v", "string")], ["id"])
     await lab.publish(t, [ins({"id": i, "v": "x"}) for i in range(5)])
     async with lab.sink(mode="changelog", batch_interval_s=3600) as sink:
-        await lab.until(lambda: [w.status()["buffered_events"] for w in sink._writers.values()] == [5], what="5 buffered events")
+        await lab.until(lambda: [w.status().buffered_events for w in sink._writers.values()] == [5], what="5 buffered events")
         assert lab.rows(t) == []
     assert [r["_lakeward_offset"] for r in lab.rows(t)] == [0, 1, 2, 3, 4]
 
@@ -157,11 +157,11 @@ async def test_two_workers_share_the_tables_and_hand_them_over_exactly_once(lab)
     async with lab.sink(mode="changelog", name="shared") as a:
         await lab.until(lambda: len(a._writers) == 4, what="worker a owns all tables")
         async with lab.sink(mode="changelog", name="shared") as b:
-            await lab.until(lambda: len(b._writers) > 0 and len(a._writers) + len(b._writers) == 4, timeout=30, what="tables split")
+            await lab.until(lambda: len(b._writers) > 0 and len(a._writers) + len(b._writers) == 4, within_s=30, what="tables split")
             await burst(30)
             await lab.until(all_written, what="all rows")
         # b stopped: a takes its tables over and resumes from their Delta txns
-        await lab.until(lambda: len(a._writers) == 4, timeout=30, what="worker a owns all tables again")
+        await lab.until(lambda: len(a._writers) == 4, within_s=30, what="worker a owns all tables again")
         await burst(25)
         await lab.until(all_written, what="all rows after the handover")
     for t in tables:
@@ -183,7 +183,7 @@ async def test_a_writer_that_finds_another_txn_in_the_table_resumes_after_it(lab
         await lab.publish(t, [ins({"id": i, "v": "y"}) for i in range(10, 20)])
         await lab.until(lambda: len(lab.rows(t)) == 16, what="16 rows")
         await lab.until_committed(sink, 19)
-        assert (await sink.status())["tables"][0]["committed_offset"] == 19
+        assert (await sink.status()).tables[0].committed_offset == 19
     offsets = [r["_lakeward_offset"] for r in lab.rows(t, sort=("_lakeward_offset",))]
     assert offsets == [-1] + list(range(10)) + list(range(15, 20))
 
@@ -200,6 +200,6 @@ async def test_a_recreated_topic_behind_the_lake_stops_the_table(lab):
                                                                              position=None, first=0).ok
     async with lab.sink(mode="changelog") as sink:
         await lab.until(lambda: any(w.error for w in sink._writers.values()), what="the table to stop")
-        (status,) = (await sink.status())["tables"]
-    assert "applied offsets up to 5" in status["error"] and "ends at 2" in status["error"]
+        (status,) = (await sink.status()).tables
+    assert "applied offsets up to 5" in status.error and "ends at 2" in status.error
     assert len(lab.rows(t)) == 1

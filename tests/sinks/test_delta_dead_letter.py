@@ -29,8 +29,8 @@ async def test_poison_events_go_to_the_dead_letter_topic_and_the_table_goes_on(l
     async with lab.sink(dead_letter_topic=dlq) as sink:
         await lab.until_rows(t, [{"id": 1, "amount": Decimal("1.50")}, {"id": 3, "amount": Decimal("3.00")}])
         await lab.until_committed(sink, 4)
-        (status,) = (await sink.status())["tables"]
-    assert (status["error"], status["dead_lettered"], status["committed_offset"]) == (None, 2, 4)
+        (status,) = (await sink.status()).tables
+    assert (status.error, status.dead_lettered, status.committed_offset) == (None, 2, 4)
     labels = {"sink": sink.config.name, "table": "shop.public.orders"}
     assert REGISTRY.get_sample_value("lakeward_sink_dead_letters_total", labels) == 2
 
@@ -54,7 +54,7 @@ async def test_poison_events_go_to_the_dead_letter_topic_and_the_table_goes_on(l
         await lab.until_rows(t, [{"id": 1, "amount": Decimal("1.50")}, {"id": 3, "amount": Decimal("3.00")},
                                  {"id": 4, "amount": Decimal("4.00")}])
         await lab.until_committed(sink, 5)
-        assert (await sink.status())["tables"][0]["dead_lettered"] == 0
+        assert (await sink.status()).tables[0].dead_lettered == 0
     assert len(await read_topic(lab.broker, dlq)) == 2
 
 
@@ -65,6 +65,6 @@ async def test_without_a_dead_letter_topic_the_table_stops_at_the_poison_event(l
                           ins({"id": 3, "amount": "3.00"})])
     async with lab.sink() as sink:
         await lab.until(lambda: any(w.error for w in sink._writers.values()), what="the table to stop")
-        (status,) = (await sink.status())["tables"]
-    assert "offset 1: undecodable event" in status["error"] and status["dead_lettered"] == 0
+        (status,) = (await sink.status()).tables
+    assert "offset 1: undecodable event" in status.error and status.dead_lettered == 0
     assert lab.data(t) == [{"id": 1, "amount": Decimal("1.00")}]

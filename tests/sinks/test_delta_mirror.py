@@ -60,9 +60,9 @@ async def test_inserts_updates_deletes_with_metadata_and_offsets_in_the_delta_lo
     newest = next(h for h in dt.history() if "lakeward.position" in h)
     assert newest["lakeward.position"] == p2[-1].hex()
     assert newest["lakeward.offsets"] == "5-8"
-    (table,) = status["tables"]
-    assert (table["table"], table["committed_offset"], table["error"], table["duplicates_dropped"]) == ("shop.public.orders", 8, None, 0)
-    assert table["last_position"] == p2[-1].hex() and table["lag"] == 0
+    (table,) = status.tables
+    assert (table.table, table.committed_offset, table.error, table.duplicates_dropped) == ("shop.public.orders", 8, None, 0)
+    assert table.last_position == p2[-1].hex() and table.lag == 0
     assert p1[0] < p2[0]
 
 
@@ -98,7 +98,7 @@ async def test_duplicates_with_old_positions_are_dropped_also_after_a_restart(la
     async with lab.sink() as sink:
         await lab.until_rows(t, [{"id": 1, "name": "x"}, {"id": 2, "name": "b"}])
         await lab.until_committed(sink, 3)
-        assert (await sink.status())["tables"][0]["duplicates_dropped"] == 1
+        assert (await sink.status()).tables[0].duplicates_dropped == 1
 
     # The source restarts and publishes old events again (with old positions), then a new one.
     # A fresh consumer group (no Kafka offsets) on purpose: only the Delta log says what was applied.
@@ -107,9 +107,9 @@ async def test_duplicates_with_old_positions_are_dropped_also_after_a_restart(la
     async with lab.sink() as sink:
         await lab.until_rows(t, [{"id": 1, "name": "x"}, {"id": 2, "name": "new"}])
         await lab.until_committed(sink, 6)
-        status = (await sink.status())["tables"][0]
-    assert status["duplicates_dropped"] == 2
-    assert status["committed_offset"] == 6
+        status = (await sink.status()).tables[0]
+    assert status.duplicates_dropped == 2
+    assert status.committed_offset == 6
 
 
 async def test_toast_absent_column_keeps_the_stored_value_across_batches(lab):

@@ -27,7 +27,7 @@ async def test_topics_created_while_the_sink_is_subscribed(lab, caplog, monkeypa
     produced: dict[str, list[dict]] = {"t00": [{"id": 1, "v": "a", "op": "c"}]}
     schemas = {"t00": first}
     async with lab.sink(mode=mode, batch_interval_s=0.05) as sink:
-        await lab.until(lambda: len(lab.rows(first)) == 1, timeout=30, what="the first table")
+        await lab.until(lambda: len(lab.rows(first)) == 1, within_s=30, what="the first table")
         for i in range(1, TABLES):
             name = f"t{i:02d}"
             ts = schemas[name] = await lab.table("shop", "public", name, cols, ["id"])
@@ -42,15 +42,15 @@ async def test_topics_created_while_the_sink_is_subscribed(lab, caplog, monkeypa
             if mode == "changelog":
                 want = [(e["id"], e["v"], e["op"]) for e in produced[name]]
                 await lab.until(lambda ts=ts, want=want: sorted(want) == sorted((r["id"], r["v"], r["_lakeward_op"]) for r in lab.rows(ts)),
-                                timeout=60, what=f"changelog of {name}")
+                                within_s=60, what=f"changelog of {name}")
             else:
                 last: dict[int, str] = {}
                 for e in produced[name]:
                     last[e["id"]] = e["v"]
-                await lab.until_rows(ts, [{"id": k, "v": v} for k, v in sorted(last.items())], timeout=60)
+                await lab.until_rows(ts, [{"id": k, "v": v} for k, v in sorted(last.items())], within_s=60)
         status = await sink.status()
-    assert sorted(t["table"] for t in status["tables"]) == sorted(f"shop.public.{n}" for n in schemas)
-    assert all(t["error"] is None for t in status["tables"]), status
+    assert sorted(t.table for t in status.tables) == sorted(f"shop.public.{n}" for n in schemas)
+    assert all(t.error is None for t in status.tables), status
     if mode == "changelog":  # exactly once: every event one row, every offset once
         for name, ts in schemas.items():
             offsets = [r["_lakeward_offset"] for r in lab.rows(ts)]
@@ -89,12 +89,12 @@ async def test_a_table_that_cannot_be_read_on_assignment_waits_and_resumes_exact
     monkeypatch.setattr(sink_module, "OPEN_BACKOFF_S", (0.05, 0.2))
     caplog.set_level(logging.INFO)
     async with lab.sink(mode="changelog") as sink:
-        await lab.until(lambda: failures["left"] == 0 and len(lab.rows(ts)) == 4, timeout=30, what="the rows after the retries")
+        await lab.until(lambda: failures["left"] == 0 and len(lab.rows(ts)) == 4, within_s=30, what="the rows after the retries")
         await lab.until_committed(sink, 3)
         status = await sink.status()
     rows = lab.rows(ts)
     assert sorted((r["_lakeward_offset"], r["id"], r["v"]) for r in rows) == [(0, 1, "a"), (1, 2, "b"), (2, 1, "a2"), (3, 3, "c")]
-    assert [t["error"] for t in status["tables"]] == [None]
+    assert [t.error for t in status.tables] == [None]
     retries = [r for r in caplog.records if "storage unavailable" in r.getMessage()]
     assert len(retries) == 6 and all(r.levelno == logging.WARNING for r in retries)
     bad = [r.getMessage() for r in caplog.records if r.exc_info or (r.levelno >= logging.ERROR and r.name.startswith("lakeward"))]

@@ -65,20 +65,20 @@ async def test_broken_tables_stop_alone_and_the_others_keep_flowing(lab):
         late = await lab.table("shop", "public", "late", [("id", "long")], ["id"])
         await lab.publish(late, [ins({"id": 7})])
         await lab.until_rows(good, [{"id": 1, "n": "a2"}, {"id": 2, "n": "b"}])
-        await lab.until_rows(late, [{"id": 7}], timeout=30)
+        await lab.until_rows(late, [{"id": 7}], within_s=30)
         status = await sink.status()
 
-    errors = {t["table"]: t["error"] for t in status["tables"]}
+    errors = {t.table: t.error for t in status.tables}
     assert errors["shop.public.customers"] is None and errors["shop.public.late"] is None
     assert "shop.public.orders" in errors["shop.public.orders"] and "'qty'" in errors["shop.public.orders"]
-    types = {t["table"]: t["error_type"] for t in status["tables"]}
+    types = {t.table: t.error_type for t in status.tables}
     assert types == {"shop.public.customers": None, "shop.public.late": None, "shop.public.orders": "SchemaChangeError",
                      "shop.public.x": "TerminalError", "shop.public.bad": "PoisonEventError"}
     assert errors["shop.public.x"] == ("table shop.public.x has no primary key; mirror mode needs one: add a primary key, "
                                        "or use mode: changelog")
     bad_topic = table_topic(lab.prefix, "shop", "public", "bad")
     assert f"topic {bad_topic} partition 0 offset 1" in errors["shop.public.bad"]
-    assert sorted(status["stopped_tables"]) == ["shop.public.bad", "shop.public.orders", "shop.public.x"]
+    assert sorted(status.stopped_tables) == ["shop.public.bad", "shop.public.orders", "shop.public.x"]
     # nothing after the stop point was written; the txn points right before the offending event
     assert lab.data(orders) == [{"id": 1, "qty": 1}, {"id": 2, "qty": 2}]
     assert DeltaTable(lab.uri(orders)).transaction_version(f"lakeward:{table_topic(lab.prefix, 'shop', 'public', 'orders')}:0") == 1
@@ -99,11 +99,11 @@ async def test_value_that_does_not_convert_stops_the_table_at_its_offset(lab):
     async with lab.sink(mode="changelog") as sink:
         await lab.until(lambda: any(w.error for w in sink._writers.values()), what="the table to stop")
         status = await sink.status()
-    (table,) = status["tables"]
+    (table,) = status.tables
     # the first bad value in offset order, although another column fails first
-    assert "partition 0 offset 1: column 'qty' value 'two' is not a valid integer" in table["error"]
+    assert "partition 0 offset 1: column 'qty' value 'two' is not a valid integer" in table.error
     assert lab.data(t, ("id",)) == [{"id": 1}]  # the events before it are written
-    assert table["committed_offset"] == 0
+    assert table.committed_offset == 0
 
 
 @pytest.mark.parametrize("mode", ["mirror", "changelog"])

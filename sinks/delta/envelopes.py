@@ -1,0 +1,87 @@
+"""A batch of raw Debezium envelopes -> Arrow columns, parsed in C++ (pyarrow.json), not per row in Python.
+
+The parse reads only what a flush writes (`op`, the `before` and `after` columns the lake table
+has, `source.ts_ms`, `source.txId`) with an explicit schema derived from the lake types, never from
+the JSON values. Each column then becomes its lake type by the same conversions as
+`arrow.to_arrow` (the same Arrow casts; base64 binaries decoded by the same function), so both
+ways give the same values. The reader is strict: a value of another JSON kind than its column's
+(a "NaN" string among numbers, a number where a string belongs, an integer that does not fit) fails
+the whole parse, and the planner then decodes the batch per event with orjson, which names the
+offending event or writes it exactly as before.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from lakeward.core.types import ARRAY
+from lakeward.sinks.delta.arrow import _INFINITY as INFINITY  # the same ±infinity rule as to_arrow
+from lakeward.sinks.delta.arrow import arrow_type
+
+_INTEGERS = frozenset(("byte", "short", "integer", "long"))
+_SOURCE = pa.struct([("ts_ms", pa.int64()), ("txId", pa.int64())])
+_MIN_BLOCK = 4 << 20
+
+ConversionError = (pa.ArrowException, ValueError, TypeError, OverflowError)
+"""What a column's conversion may raise: the batch is then decoded per event instead."""
+
+
+def json_type(lake_type: str) -> pa.DataType:
+    """The Arrow type the JSON reader parses a column of `lake_type` into (before `from_json`)."""
+    if lake_type == "boolean":
+        return pa.bool_()
+    if lake_type in _INTEGERS:
+        return pa.int64()
+    if lake_type in ("float", "double"):
+        return pa.float64()
+    if m := ARRAY.match(lake_type):
+        return pa.list_(json_type(m.group(1)))
+    return pa.string()  # string, binary (base64), date and timestamps (text), decimal (text)
+
+
+def from_json(values: pa.Array, lake_type: str) -> pa.Array:
+    """A column as the JSON reader parsed it (`json_type`) -> its lake type (`arrow.to_arrow`'s values)."""
+    target = arrow_type(lake_type)
+    if lake_type == "binary":
+        decode = base64.b64decode
+        return pa.array([None if v is None else decode(v) for v in values.to_pylist()], type=target)
+    if lake_type in INFINITY:
+        hi, lo = INFINITY[lake_type]
+        values = pc.if_else(pc.equal(values, "infinity"), hi, pc.if_else(pc.equal(values, "-infinity"), lo, values))
+        return pc.cast(values, target)
+    if m := ARRAY.match(lake_type):
+        lists = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        start, end = lists.offsets[0].as_py(), lists.offsets[-1].as_py()
+        offsets = pc.subtract(lists.offsets, start).cast(pa.int64())
+        inner = from_json(lists.values.slice(start, end - start), m.group(1))
+        return pa.LargeListArray.from_arrays(offsets, inner, mask=lists.is_null())
+    return pc.cast(values, target)  # booleans, integers (range-checked), floats, strings, decimals
+
+
+def read(values: list[bytes], after: dict[str, str], before: dict[str, str]) -> pa.Table | None:
+    """Parse envelopes into a table with columns `op`, `before`, `after` (structs of the named
+    columns, in JSON types), `ts_ms` and `txid`; None when the reader rejects any of them."""
+    fields = [pa.field("op", pa.string())]
+    if before:
+        fields.append(pa.field("before", pa.struct([(c, json_type(t)) for c, t in before.items()])))
+    if after:
+        fields.append(pa.field("after", pa.struct([(c, json_type(t)) for c, t in after.items()])))
+    fields.append(pa.field("source", _SOURCE))
+    longest = max(map(len, values), default=0)
+    try:
+        table = pj.read_json(
+            pa.py_buffer(b"\n".join(values)),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(_MIN_BLOCK, longest + 1)),
+            parse_options=pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore"),
+        )
+    except pa.ArrowException:
+        return None
+    if table.num_rows != len(values):  # e.g. a value that is two JSON documents, or none
+        return None
+    source = table.column("source")
+    table = table.drop_columns(["source"])
+    return table.append_column("ts_ms", pc.struct_field(source, [0])).append_column("txid", pc.struct_field(source, [1]))
