@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import struct
 import threading
 import time
 import uuid
@@ -62,7 +61,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
-from lakeward.connectors.mysql import catalog, incremental, snapshot, tables
+from lakeward.connectors.mysql import catalog, events, incremental, snapshot, tables
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import (
@@ -81,7 +80,7 @@ from lakeward.core.errors import (
     TerminalError,
     TransientError,
 )
-from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Position
+from lakeward.core.events import Position
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +92,6 @@ BATCH_ITEMS = 1000
 asyncio side is idle, so latency stays low without per-event handoffs)."""
 QUEUE_BATCHES = 32
 """Batches in flight between the thread and the asyncio side; the bound is the backpressure."""
-
-TRUNCATE_KEY = b"{}"
 
 # Event types python-mysql-replication cannot decode and would skip: refused, never skipped.
 COMPRESSED_EVENTS = {
@@ -110,10 +107,6 @@ COMPRESSED_EVENTS = {
 ANONYMOUS_GTID_EVENT = 0x22
 
 _USE = re.compile(r"^use `((?:[^`]|``)*)`;\s*", re.I)  # SHOW BINLOG EVENTS' Info of a Query event
-_POS_HEAD = struct.Struct(">IQBQ")
-_SNAPSHOT_HEAD = struct.Struct(">IQB")  # Position.mysql's file index, binlog position, phase
-_SNAPSHOT_SEQ = struct.Struct(">QI")  # ... and its sequence, row
-_U32 = struct.Struct(">I")
 
 
 # --- items ---------------------------------------------------------------------------------------
@@ -486,56 +479,18 @@ class Reader(threading.Thread):
         tr.started = time.monotonic()
         self._record(tr.entry)
         self._announce(info)
-        now = int(time.time() * 1000)
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
-        self._emit((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (
-            self._snapshot_source(info, point, b"first"), now),
-            [(POSITION_HEADER, Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)), (SCHEMA_HEADER, info.schema_id)]))
+        self._emit(events.truncate(info, events.point_source(info, self.server.server_id, point, b"first"),
+                                   Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)))
         self._count(info, "t", 1)
         progress.snapshots.start(self.cfg.name, tr.name, tr.plan.estimate)
-
-    def _snapshot_source(self, info: TableInfo, point: BinlogPoint, kind: bytes) -> bytes:
-        return info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-            self.server.server_id, int(time.time() * 1000), kind, orjson.dumps(point.gtid or None), orjson.dumps(point.file), point.pos)
 
     def _row_events(self, info: TableInfo, point: BinlogPoint) -> snapshot.Convert:
         """The chunk readers' conversion of snapshot rows into `r` events (runs on the pool's threads).
         Positions: (file, P, snapshot, chunk << 32 | row in chunk + 1, 0): increasing in publish order,
         the same when a chunk is read again at the same point."""
-        names = [d.name for d in info.defs]
-        convs = info.snapshot_converters(self._boolean)
-        topic, sid_header = info.topic, (SCHEMA_HEADER, info.schema_id)
-        head = _SNAPSHOT_HEAD.pack(point.file_index, point.pos, Position.SNAPSHOT)
-        seq_tail = _SNAPSHOT_SEQ.pack
-        src_part = b',"source":' + self._snapshot_source(info, point, b"true") + b',"op":"r","ts_ms":'
-        pk = info.pk
-        key_at = [names.index(k) for k in pk]
-        dumps = orjson.dumps
-
-        def convert(index: int, first: int, rows: list[tuple]) -> list[tuple]:
-            tail = src_part + b"%d}" % int(time.time() * 1000)
-            seq = (index << 32) + first
-            out = []
-            append = out.append
-            for values in rows:
-                if convs:
-                    values = list(values)
-                    for i, conv in convs:
-                        v = values[i]
-                        if v is not None:
-                            values[i] = conv(v)
-                after = dumps(dict(zip(names, values)))
-                if len(key_at) == 1:
-                    key = dumps({pk[0]: values[key_at[0]]})
-                elif key_at:
-                    key = dumps({k: values[i] for k, i in zip(pk, key_at)})
-                else:
-                    key = after  # key_function(()): the whole row
-                seq += 1
-                append((topic, key, b'{"before":null,"after":' + after + tail, [(POSITION_HEADER, head + seq_tail(seq, 0)), sid_header]))
-            return out
-
-        return convert
+        convert = events.read_events(info, events.point_source(info, self.server.server_id, point, b"true"), self._boolean)
+        return lambda index, first, rows: convert(rows, events.snapshot_positions(point, (index << 32) + first + 1, len(rows)))
 
     # --- stream -----------------------------------------------------------------------------------
 
@@ -613,49 +568,36 @@ class Reader(threading.Thread):
                     raw = w.packet
                     data, p = raw._data, raw._position
                     end = p + ev.event_size - w.read_bytes
-                    head = _POS_HEAD.pack(fi, txn_pos, 1, ev_start)
-                    now = int(time.time() * 1000)
-                    src = info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"false","gtid":%b,"file":%b,"pos":%d,"row":' % (
-                        w.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start)
-                    sid_header = (SCHEMA_HEADER, info.schema_id)
-                    topic, key = info.topic, info.key
-                    n = 0
+                    rows = events.RowsEvent(info, emit_batch, file_index=fi, txn_pos=txn_pos, event_pos=ev_start, server_id=w.server_id,
+                                            ts_ms=ev.timestamp * 1000, gtid_json=gtid_json, file_json=file_json)
                     if cls is WriteRowsEvent:
                         image = info.image(ev.columns_present_bitmap)
+                        created = []
                         while p < end:
                             row, p = image(data, p)
-                            emit_batch.append((topic, key(row), b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
-                                dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
+                            created.append(row)
+                        rows.created(created)
+                        n = len(created)
                         self._count(info, "c", n)
                     elif cls is DeleteRowsEvent:
                         image = info.image(ev.columns_present_bitmap)
+                        deleted = []
                         while p < end:
                             row, p = image(data, p)
-                            emit_batch.append((topic, key(row), b'{"before":%b,"after":null,"source":%b%d},"op":"d","ts_ms":%d}' % (
-                                dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
+                            deleted.append(row)
+                        rows.deleted(deleted)
+                        n = len(deleted)
                         self._count(info, "d", n)
                     else:
                         before_image = info.image(ev.columns_present_bitmap)
                         after_image = info.image(ev.columns_present_bitmap2)
-                        pk = info.pk
-                        moved = 0
+                        pairs = []
                         while p < end:
                             before, p = before_image(data, p)
                             after, p = after_image(data, p)
-                            old_key, new_key = key(before), key(after)
-                            if pk and old_key != new_key:
-                                # A primary-key change is a delete of the old key and a create of the new one.
-                                emit_batch.append((topic, old_key, b'{"before":%b,"after":null,"source":%b%d},"op":"d","ts_ms":%d}' % (
-                                    dumps(before), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                                emit_batch.append((topic, new_key, b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
-                                    dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n + 1)), sid_header]))
-                                moved += 1
-                            else:
-                                emit_batch.append((topic, new_key, b'{"before":%b,"after":%b,"source":%b%d},"op":"u","ts_ms":%d}' % (
-                                    dumps(before), dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
+                            pairs.append((before, after))
+                        moved = rows.updated(pairs)
+                        n = len(pairs)
                         self._count(info, "u", n - moved)
                         self._count(info, "d", moved)
                         self._count(info, "c", moved)
@@ -865,10 +807,7 @@ class Reader(threading.Thread):
         if info is None:
             return
         self._announce(info)
-        src = info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"false","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-            server_id, ts_ms, gtid_json, file_json, ev_start)
-        self._batch.append((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (src, int(time.time() * 1000)),
-                            [(POSITION_HEADER, pos), (SCHEMA_HEADER, info.schema_id)]))
+        self._batch.append(events.truncate(info, info.source_head(server_id, ts_ms, b"false", gtid_json, file_json, ev_start), pos))
         self._count(info, "t", 1)
 
     def _read_entry(self, db: str, table: str, pos: bytes, ddl: str, end: tuple[str, int] | None) -> None:

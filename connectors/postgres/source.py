@@ -43,18 +43,24 @@ from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SchemaChangeError, SourceSetupError
 from lakeward.core.events import (
+    AFTER_ONLY,
+    ENVELOPE,
     NEW_KEY_HEADER,
+    NULL,
     OLD_KEY_HEADER,
     OP_CREATE,
     OP_DELETE,
     OP_READ,
     OP_TRUNCATE,
     OP_UPDATE,
+    PG_POSITION,
     POSITION_HEADER,
     SCHEMA_HEADER,
     Position,
     TableSchema,
+    envelope_tail,
     lsn_to_str,
+    source_head,
     str_to_lsn,
     table_topic,
 )
@@ -70,20 +76,11 @@ LINGER_S = 0.02
 """Streamed events wait at most about this long in a partly filled batch before it goes to the broker
 (full batches go at once); without it they waited for a full batch or the next confirm."""
 
-# The envelope is built from pre-encoded parts: the same bytes as orjson.dumps({"before": ...,
-# "after": ..., "source": ..., "op": ..., "ts_ms": ...}) (orjson writes no whitespace, so a nested
-# value's JSON is exactly its own dumps()), at a third of the cost. `source` is encoded once per table
-# and transaction up to its last field, `lsn`, the only one that changes from event to event.
-_ENVELOPE = b'{"before":%b,"after":%b,"source":%b%d},"op":"%b","ts_ms":%d}'
-_NULL = b"null"
-_LSN_PLACEHOLDER = b'"lsn":0}'
 _C, _U, _D, _R, _T = (op.encode() for op in (OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE))
-_PG_POSITION = struct.Struct(">QBQ")  # Position.postgres(lsn, phase, seq), inlined on the hot path
 _STREAM = Position.STREAM
 _U32 = struct.Struct(">I")
 _dumps = orjson.dumps
 _SNAPSHOT = Position.SNAPSHOT
-_SNAPSHOT_PREFIX = b'{"before":null,"after":'
 _PUBLISH_SLICE = 4096
 """Rows of a chunk published between two turns of the event loop (the readers' sockets are drained in between)."""
 PROGRESS_INTERVAL_S = 0.2
@@ -129,10 +126,8 @@ class _Table:
             self.key = _dumps
 
     def source_head(self, ts_ms: int, snapshot: str, tx_id: int | None) -> bytes:
-        """The envelope's `source` as JSON up to `"lsn":` (the event appends the LSN and `}`)."""
-        head = _dumps({**self.source_base, "ts_ms": ts_ms, "snapshot": snapshot, "txId": tx_id, "lsn": 0})
-        assert head.endswith(_LSN_PLACEHOLDER)
-        return head[:-2]
+        """The envelope's `source` up to the value of `lsn`, its last field (see core.events.ENVELOPE)."""
+        return source_head({**self.source_base, "ts_ms": ts_ms, "snapshot": snapshot, "txId": tx_id, "lsn": 0})
 
 
 @dataclass
@@ -517,7 +512,7 @@ class PostgresSource(Source):
               link: tuple[str, bytes] | None = None) -> None:
         """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event;
         `link` the extra header of a primary-key change's halves (__debezium.newkey / .oldkey)."""
-        value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
+        value = ENVELOPE % (NULL if before is None else _dumps(before), NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
         headers = [(POSITION_HEADER, pos), t.schema_header]
         if link is not None:
             headers.append(link)
@@ -600,14 +595,14 @@ class PostgresSource(Source):
         progress.snapshots.start(self.config.name, read.name, read.estimate)
 
     async def _read_chunk(self, read: _TableRead, chunk: chunks.Chunk, conn: psycopg.AsyncConnection) -> list[tuple[bytes, bytes]]:
-        suffix = b',"source":%b%d},"op":"r","ts_ms":%d}' % (read.head, read.lsn, int(time.time() * 1000))
-        return await chunks.read_chunk(conn, read.rows, read.rel, chunk, _SNAPSHOT_PREFIX, suffix)
+        tail = envelope_tail(read.head, read.lsn, _R, int(time.time() * 1000))
+        return await chunks.read_chunk(conn, read.rows, read.rel, chunk, AFTER_ONLY, tail)
 
     async def _publish_chunk(self, read: _TableRead, chunk: chunks.Chunk, book: chunks.ProgressBook, rows: list[tuple[bytes, bytes]]) -> None:
         """Append the chunk's rows at positions (lsn, SNAPSHOT, chunk << 32 | row + 1): increasing in
         publish order, and the same when the chunk is read again at the same point."""
         t, publisher = read.t, self._publisher
-        topic, schema_header, pack, lsn = t.topic, t.schema_header, _PG_POSITION.pack, read.lsn
+        topic, schema_header, pack, lsn = t.topic, t.schema_header, PG_POSITION.pack, read.lsn
         first = (chunk.index << 32) + 1
         ts_ms = int(time.time() * 1000)
         for start in range(0, len(rows), _PUBLISH_SLICE):
@@ -700,7 +695,7 @@ class PostgresSource(Source):
                                 if t.muted:
                                     continue
                                 self._emit(t, _T, TRUNCATE_KEY, None, None, txn.head(t, relid), lsn,
-                                           _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                                           PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
                         elif isinstance(m, pgoutput.Message):
                             await incr.message(m)  # a watermark publishes its chunk; heartbeats are ignored
                     if data:
@@ -841,7 +836,7 @@ class PostgresSource(Source):
         if tag == 73:  # 'I'
             row, _ = pgoutput.decode_row(buf, pos + 1, columns)
             txn.seq += 1
-            self._emit(t, _C, t.key(row), None, row, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+            self._emit(t, _C, t.key(row), None, row, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
         elif tag == 85:  # 'U'
             before = None
             kind = buf[pos]
@@ -855,18 +850,18 @@ class PostgresSource(Source):
                 # value is absent from `after` (pgoutput sends `u`): the sink takes it from the old key's row.
                 old_key, new_key = _dumps({k: before.get(k) for k in t.pk}), t.key(after)
                 txn.seq += 1
-                self._emit(t, _D, old_key, before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (NEW_KEY_HEADER, new_key))
+                self._emit(t, _D, old_key, before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (NEW_KEY_HEADER, new_key))
                 txn.seq += 1
-                self._emit(t, _C, new_key, None, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (OLD_KEY_HEADER, old_key))
+                self._emit(t, _C, new_key, None, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (OLD_KEY_HEADER, old_key))
             else:
                 txn.seq += 1
-                self._emit(t, _U, t.key(after), before, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                self._emit(t, _U, t.key(after), before, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
         else:  # 'D'
             kind = buf[pos]
             old, _ = pgoutput.decode_row(buf, pos + 1, columns)
             before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
             txn.seq += 1
-            self._emit(t, _D, t.key(before), before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+            self._emit(t, _D, t.key(before), before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
 
 
 class _Txn:
