@@ -8,10 +8,28 @@ may publish some events again; their positions let sinks drop the repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
+from lakeward.core import broker as kafka
+from lakeward.core import metrics
 from lakeward.core.config import BrokerConfig, PluginConfig
+
+
+@dataclass(frozen=True)
+class BrokerSession:
+    """A running source's broker clients (see Source.broker_session)."""
+
+    producer: AIOKafkaProducer
+    admin: kafka.Admin
+    publisher: kafka.BatchPublisher
+    """The events' way out: acknowledged batches are counted in the source's metrics."""
+    schemas: kafka.SchemaPublisher
 
 
 class Source(ABC):
@@ -35,3 +53,26 @@ class Source(ABC):
     @abstractmethod
     async def status(self) -> dict[str, Any]:
         """Lag and position facts for `lakeward status`."""
+
+    @contextlib.asynccontextmanager
+    async def broker_session(self, *, compact_topics: Iterable[str], on_acked: Callable[[str, int], None],
+                             database: str, poll_database: Callable[[], Awaitable[Any]]) -> AsyncIterator[BrokerSession]:
+        """The producer (idempotent, acks=all), the admin client and the publishers of a running source,
+        with the compacted topics it keeps its own records in (`compact_topics`) created. Meanwhile the
+        `broker` health check follows the broker, and `database` (named `database` in problems) follows
+        `poll_database` (which also feeds the lag gauge), every metrics.LAG_POLL_S."""
+        health = metrics.HEALTH.worker("source", self.config.name)
+        producer = kafka.producer(self.broker)
+        await kafka.start_client(producer, self.broker)
+        try:
+            async with kafka.Admin(self.broker) as admin, metrics.background(
+                metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
+                metrics.watch(health, "database", poll_database, what=database, interval_s=metrics.LAG_POLL_S),
+            ):
+                health.ok("broker")
+                for topic in compact_topics:
+                    await admin.ensure_topic(topic, compact=True)
+                yield BrokerSession(producer, admin, kafka.BatchPublisher(producer, on_acked=on_acked),
+                                    kafka.SchemaPublisher(self.broker, self.config.name, producer, admin))
+        finally:
+            await producer.stop()

@@ -194,23 +194,10 @@ class MySQLSource(Source):
         return info
 
     async def run(self, stop: asyncio.Event) -> None:
-        health = metrics.HEALTH.worker("source", self.config.name)
-        producer = kafka.producer(self.broker)
-        await kafka.start_client(producer, self.broker)
-        try:
-            async with kafka.Admin(self.broker) as admin, metrics.background(
-                metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
-                metrics.watch(health, "database", self._poll_lag, what=f"MySQL at {self.config.where}", interval_s=metrics.LAG_POLL_S),
-            ):
-                health.ok("broker")
-                self._producer, self._admin = producer, admin
-                self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
-                self._schemas = kafka.SchemaPublisher(self.broker, self.config.name, producer, admin)
-                await admin.ensure_topic(self.state.name, compact=True)
-                await admin.ensure_topic(self.history_topic, compact=True)
-                await self._run(stop)
-        finally:
-            await producer.stop()
+        async with self.broker_session(compact_topics=[self.state.name, self.history_topic], on_acked=self._metrics.published,
+                                       database=f"MySQL at {self.config.where}", poll_database=self._poll_lag) as session:
+            self._producer, self._admin, self._publisher, self._schemas = session.producer, session.admin, session.publisher, session.schemas
+            await self._run(stop)
 
     async def _poll_lag(self) -> None:
         """lakeward_source_lag_bytes: binlog bytes after the stored resume position (SHOW BINARY LOGS, in a

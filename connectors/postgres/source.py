@@ -265,21 +265,10 @@ class PostgresSource(Source):
             await catalog.check_setup(self._meta, cfg.dsn)
             health.ok("database")
             self._db = (await (await self._meta.execute("SELECT current_database()")).fetchone())[0]  # type: ignore[index]
-            producer = kafka.producer(self.broker)
-            await kafka.start_client(producer, self.broker)
-            try:
-                async with kafka.Admin(self.broker) as admin, metrics.background(
-                    metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
-                    metrics.watch(health, "database", self._poll_lag, what="PostgreSQL", interval_s=metrics.LAG_POLL_S),
-                ):
-                    health.ok("broker")
-                    self._producer, self._admin = producer, admin
-                    self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
-                    self._schemas = kafka.SchemaPublisher(self.broker, cfg.name, producer, admin)
-                    await admin.ensure_topic(self.state.name, compact=True)
-                    await self._run(stop)
-            finally:
-                await producer.stop()
+            async with self.broker_session(compact_topics=[self.state.name], on_acked=self._metrics.published, database="PostgreSQL",
+                                           poll_database=self._poll_lag) as session:
+                self._producer, self._admin, self._publisher, self._schemas = session.producer, session.admin, session.publisher, session.schemas
+                await self._run(stop)
         finally:
             await self._meta.close()
             if self._lag_conn is not None:
