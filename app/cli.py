@@ -22,6 +22,7 @@ import pyarrow as pa
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
@@ -36,6 +37,7 @@ from lakeward.core.config import (
 )
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
+from lakeward.core.source import Source, SourceStatus
 from lakeward.sinks.delta import store as lakefs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Change data capture into Delta Lake, exactly once.")
@@ -212,22 +214,25 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     except LakewardError as e:
         _fail(e)
     if as_json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+        shown = {**report, "sources": [s.to_dict() for s in report["sources"]]}
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
     print_status(report, console)
 
 
 def print_status(report: dict[str, Any], out: Console) -> None:
-    src = Table("source", "slot", "active", "confirmed LSN", "lag bytes", title="Sources")
-    for s in report["sources"]:
-        if "error" in s:
-            src.add_row(s["source"], "", "", "", f"[red]{s['error']}[/]")
+    """`report`: `_status`'s, sources as SourceStatus."""
+    src = Table("source", "type", "capture", "active", "confirmed", "lag bytes", title="Sources")
+    sources: list[SourceStatus] = report["sources"]
+    for s in sources:
+        if s.error is not None:
+            src.add_row(s.source, s.type, "", "", "", f"[red]{escape(s.error)}[/]")
         else:
-            src.add_row(s["source"], s["slot"], str(s.get("active", "")), str(s.get("confirmed_flush_lsn", "missing")), str(s.get("lag_bytes", "")))
+            src.add_row(s.source, s.type, s.capture, _text(s.active), (s.confirmed or "") if s.exists else "missing", _text(s.lag_bytes))
     out.print(src)
-    for s in report["sources"]:
-        if s.get("snapshot"):
-            out.print(snapshot_table(s["source"], s["snapshot"]))
+    for s in sources:
+        if s.snapshot:
+            out.print(snapshot_table(s.source, [t.to_dict() for t in s.snapshot]))
     tbl = Table("sink", "table", "version", "last commit", "offset", "lag", "state", title="Lake tables")
     for s in report["sinks"]:
         for t in s.get("tables", []):
@@ -255,15 +260,23 @@ def snapshot_table(source: str, tables: list[dict[str, Any]]) -> Table:
     return out
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 async def _status(cfg: LakewardConfig) -> dict[str, Any]:
+    """Every source's SourceStatus and every sink's status, each with the error that kept it from being read."""
     workers = build_workers(cfg, None, None)
     out: dict[str, Any] = {"sources": [], "sinks": []}
     for w in workers:
-        kind = "sources" if w in workers[: len(cfg.sources)] else "sinks"
+        is_source = isinstance(w, Source)
         try:
-            out[kind].append(await w.status())
+            out["sources" if is_source else "sinks"].append(await w.status())
         except LakewardError as e:
-            out[kind].append({kind[:-1]: w.config.name, "error": str(e)})
+            if is_source:
+                out["sources"].append(SourceStatus(w.config.name, w.config.type, error=str(e)))
+            else:
+                out["sinks"].append({"sink": w.config.name, "error": str(e)})
     return out
 
 

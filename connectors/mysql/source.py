@@ -57,7 +57,7 @@ from lakeward.core.snapshot import (
     SnapshotRequest,
     TableProgress,
 )
-from lakeward.core.source import Source
+from lakeward.core.source import Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -156,42 +156,37 @@ class MySQLSource(Source):
         finally:
             conn.close()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> SourceStatus:
         cfg = self.config
         state = await self._read_state()
         jobs = state.jobs if state is not None else []
 
-        def lag() -> dict[str, Any]:
+        def read_server() -> tuple[tuple[str, int, str | None], list[tuple], dict[str, int | None]]:
             conn = catalog.connect(cfg)
             try:
-                server = catalog.server_info(conn)
-                file, pos, gtid = catalog.master_status(conn, server)
-                sizes = catalog.query(conn, "SHOW BINARY LOGS")
-                estimates = {j.table: catalog.row_estimate(conn, *j.table.split(".", 1)) for j in jobs}
+                end = catalog.master_status(conn, catalog.server_info(conn))
+                return end, catalog.query(conn, "SHOW BINARY LOGS"), {j.table: catalog.row_estimate(conn, *j.table.split(".", 1)) for j in jobs}
             finally:
                 conn.close()
-            out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid,
-                                   "snapshot": [j.progress(estimates.get(j.table)).to_dict() for j in jobs]}
-            if state and state.resume:
-                out["lag_bytes"] = bytes_behind(sizes, state.resume.file, state.resume.pos)
-            return out
 
-        info: dict[str, Any] = {"source": cfg.name, "type": "mysql", "slot": f"binlog (server_id {cfg.effective_server_id})",
-                                "exists": state is not None}
+        (file, pos, gtid), sizes, estimates = await asyncio.to_thread(read_server)
+        status = SourceStatus(cfg.name, cfg.type, f"binlog, server_id {cfg.effective_server_id}", exists=state is not None)
         if state is not None:
-            info.update(confirmed_flush_lsn=f"{state.resume.file}:{state.resume.pos}" if state.resume else None,
-                        gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
-                        snapshot_done=state.snapshot_done, active=self.reader is not None and self.reader.is_alive())
-            info["snapshot"] = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
-                                for t, p in sorted(state.progress.items())]
+            status.active = self.reader is not None and self.reader.is_alive()
+            if state.resume is not None:
+                status.confirmed = f"{state.resume.file}:{state.resume.pos}"
+                status.lag_bytes = bytes_behind(sizes, state.resume.file, state.resume.pos)
+            status.details.update(gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
+                                  snapshot_done=state.snapshot_done)
+            status.snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks)
+                               for t, p in sorted(state.progress.items())]
         if self.reader is not None and self.reader.is_alive():
             st = self.reader.stats
-            info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
-                        events_published=self.events_published)
-        lagging = await asyncio.to_thread(lag)
-        info.setdefault("snapshot", []).extend(lagging.pop("snapshot"))
-        info.update(lagging)
-        return info
+            status.details.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
+                                  events_published=self.events_published)
+        status.details.update(binlog_end=f"{file}:{pos}", gtid_end=gtid)
+        status.snapshot += [j.progress(estimates.get(j.table)) for j in jobs]
+        return status
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.broker_session(compact_topics=[self.state.name, self.history_topic], on_acked=self._metrics.published,

@@ -65,7 +65,7 @@ from lakeward.core.events import (
     table_topic,
 )
 from lakeward.core.snapshot import IncrementalJob, TableProgress, default_parallelism
-from lakeward.core.source import Source
+from lakeward.core.source import Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class PostgresSource(Source):
         finally:
             await conn.close()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> SourceStatus:
         value = await self.state.read()
         state = _SnapshotState.from_json(value) if value is not None else None
         jobs = state.jobs if state is not None else []
@@ -249,13 +249,13 @@ class PostgresSource(Source):
         finally:
             await conn.close()
         # A running (or killed) initial snapshot's tables read in part, then the incremental jobs.
-        snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
+        snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks)
                     for t, p in sorted(state.progress.items())] if state is not None else []
-        snapshot += [j.progress(estimates.get(j.table), refused).to_dict() for j in jobs]
-        if row is None:
-            return {"source": self.config.name, "slot": self.config.slot_name, "exists": False, "snapshot": snapshot}
-        return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],
-                "lag_bytes": row[1], "active": row[2], "snapshot": snapshot}
+        snapshot += [j.progress(estimates.get(j.table), refused) for j in jobs]
+        status = SourceStatus(self.config.name, self.config.type, f"slot {self.config.slot_name}", snapshot=snapshot)
+        if row is not None:
+            status.exists, status.confirmed, status.lag_bytes, status.active = True, row[0], row[1], row[2]
+        return status
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
