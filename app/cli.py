@@ -21,13 +21,15 @@ import orjson
 import pyarrow as pa
 import typer
 import yaml
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
 from lakeward.app.runner import build_workers, run_workers
-from lakeward.core import progress
+from lakeward.core import broker as kafka
+from lakeward.core import progress, registry
 from lakeward.core import snapshot as snapshots
 from lakeward.core.config import (
     LakewardConfig,
@@ -130,13 +132,52 @@ def _fail(e: LakewardError) -> None:
 
 @app.command()
 @_global_options
-def validate() -> None:
+def validate(
+    connect: Annotated[bool, typer.Option("--connect", help="Also connect to the broker and to every source's database, "
+                                                            "and check each database is set up for change data capture.")] = False,
+) -> None:
     """Check the config file: syntax, keys, types, references between sources and sinks."""
     try:
         cfg = _config()
     except LakewardError as e:
         _fail(e)
     console.print(f"config ok: {len(cfg.sources)} source(s), {len(cfg.sinks)} sink(s)")
+    if not connect:
+        return
+    problems = 0
+    for what, problem in asyncio.run(_connect(cfg)):
+        if problem is None:
+            console.print(f"{what}: ok", markup=False, highlight=False, soft_wrap=True)
+        else:
+            problems += 1
+            err.print(f"[bold red]error:[/] {escape(what)}: {escape(problem)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+async def _connect(cfg: LakewardConfig) -> list[tuple[str, str | None]]:
+    """(what, problem or None) for the broker and each source (Source.check): one line each, saying what to fix."""
+    out: list[tuple[str, str | None]] = []
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors are in the lines below, once
+    try:
+        async with kafka.Admin(cfg.broker) as admin:
+            await admin.topics()
+        out.append((f"broker at {cfg.broker.bootstrap_servers}", None))
+    except (LakewardError, KafkaError, OSError) as e:
+        out.append((f"broker at {cfg.broker.bootstrap_servers}", _one_line(e)))
+    for source_cfg in cfg.sources:
+        source = registry.source_class(source_cfg.type)(source_cfg, broker=cfg.broker)
+        try:
+            await source.check()
+            out.append((f"source {source_cfg.name}", None))
+        except (LakewardError, KafkaError, OSError) as e:
+            out.append((f"source {source_cfg.name}", _one_line(e)))
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, LakewardError) else f"{e.__class__.__name__}: {text}"
 
 
 @app.command("config")

@@ -67,9 +67,12 @@ def consumer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaConsumer:
 
 
 async def start_client(client: Any, cfg: BrokerConfig) -> None:
+    """Start an aiokafka client; one that cannot reach the broker is closed again (it holds tasks and
+    sockets from the attempt) and the error says so."""
     try:
         await client.start()
     except (KafkaConnectionError, OSError) as e:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise unreachable(cfg, e) from e
 
 

@@ -50,7 +50,8 @@ def connect(cfg: MySQLSourceConfig, *, snapshot: bool = False, **extra: Any) -> 
         if code in (ER_ACCESS_DENIED, ER_DBACCESS_DENIED):
             raise SourceSetupError(f"MySQL at {cfg.where} rejected the login of user {cfg.user!r}: {e.args[1]}; "
                                    "check `user` and `password` of the source") from None
-        raise ConnectionFailed(f"cannot reach MySQL at {cfg.where}: {e.args[-1]}") from None
+        raise ConnectionFailed(f"cannot reach MySQL at {cfg.where}: {e.args[-1]}; check `host` and `port` of the source and that "
+                               "the server is running there") from None
 
 
 def query(conn: pymysql.Connection, sql: str, args: Any = None) -> list[tuple]:

@@ -128,8 +128,11 @@ class MySQLSource(Source):
     # --- public contract ---------------------------------------------------------------------
 
     async def check(self) -> None:
+        # The database first, so that its problems show also when the broker (with the state) is down.
+        await asyncio.to_thread(self._check_blocking, None)
         state = await self._read_state()
-        await asyncio.to_thread(self._check_blocking, state)
+        if state is not None and state.resume is not None:
+            await asyncio.to_thread(self._check_blocking, state)
 
     def _check_blocking(self, state: SourceState | None) -> tuple[Server, list[tuple[str, str]]]:
         cfg = self.config

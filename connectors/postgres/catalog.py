@@ -52,7 +52,8 @@ async def connect(dsn: str, *, replication: bool = False) -> psycopg.AsyncConnec
             raise SourceSetupError(f"PostgreSQL at {describe_dsn(dsn)} rejected the login: {mask_text(reason)}") from None
         if "database" in str(e) and "does not exist" in str(e):
             raise SourceSetupError(f"PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}; check the dbname in the source dsn") from None
-        raise ConnectionFailed(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}") from None
+        raise ConnectionFailed(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}; check the source's `dsn` "
+                               "and that PostgreSQL is running there") from None
 
 
 async def check_setup(conn: psycopg.AsyncConnection, dsn: str) -> None:
