@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ LINGER_S = 0.02
 
 _C, _U, _D, _R, _T = (op.encode() for op in (OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE))
 _STREAM = Position.STREAM
-_U32 = struct.Struct(">I")
+_INSERT, _UPDATE, _DELETE = pgoutput.INSERT, pgoutput.UPDATE, pgoutput.DELETE
 _dumps = orjson.dumps
 _SNAPSHOT = Position.SNAPSHOT
 _PUBLISH_SLICE = 4096
@@ -654,7 +653,7 @@ class PostgresSource(Source):
                             continue
                         data = True
                         tag = buf[XLOG_PAYLOAD]
-                        if tag == 73 or tag == 85 or tag == 68:  # Insert, Update, Delete: the hot path
+                        if tag == _INSERT or tag == _UPDATE or tag == _DELETE:  # the hot path
                             self._change(buf, tag, txn)
                             continue
                         m = pgoutput.decode(buf[XLOG_PAYLOAD:])
@@ -809,30 +808,19 @@ class PostgresSource(Source):
             self.config = self.config.model_copy(update={"heartbeat_interval_s": 0})
 
     def _change(self, buf: bytes, tag: int, txn: _Txn) -> None:
-        """One Insert/Update/Delete, decoded from the raw XLogData buffer into events.
-
-        pgoutput layout after the tag byte (at XLOG_PAYLOAD): relid (4), then 'N' + new tuple
-        (Insert); ['K'|'O' + old tuple] + 'N' + new tuple (Update); 'K'|'O' + old tuple (Delete).
-        """
+        """One Insert, Update or Delete (pgoutput tag `tag`) of a raw XLogData buffer, as events."""
         lsn = xlog_start(buf)
-        (relid,) = _U32.unpack_from(buf, XLOG_PAYLOAD + 1)
+        relid = pgoutput.change_relid(buf, XLOG_PAYLOAD)
         t = self._relations[relid]
         if t.muted:
             return
         head = txn.heads.get(relid) or txn.head(t, relid)
-        columns = t.columns
-        pos = XLOG_PAYLOAD + 5
-        if tag == 73:  # 'I'
-            row, _ = pgoutput.decode_row(buf, pos + 1, columns)
+        if tag == pgoutput.INSERT:
+            row = pgoutput.decode_insert(buf, XLOG_PAYLOAD, t.columns)
             txn.seq += 1
             self._emit(t, _C, t.key(row), None, row, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
-        elif tag == 85:  # 'U'
-            before = None
-            kind = buf[pos]
-            if kind == 75 or kind == 79:  # 'K' key columns or 'O' the whole old row
-                old, pos = pgoutput.decode_row(buf, pos + 1, columns)
-                before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
-            after, _ = pgoutput.decode_row(buf, pos + 1, columns, before)  # 'N'
+        elif tag == pgoutput.UPDATE:
+            before, after = pgoutput.decode_update(buf, XLOG_PAYLOAD, t.columns, t.pk)
             if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
                 # A primary-key change is a delete of the old key and a create of the new one (as Debezium),
                 # each naming the other key in a header. With REPLICA IDENTITY DEFAULT an unchanged TOASTed
@@ -845,10 +833,8 @@ class PostgresSource(Source):
             else:
                 txn.seq += 1
                 self._emit(t, _U, t.key(after), before, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
-        else:  # 'D'
-            kind = buf[pos]
-            old, _ = pgoutput.decode_row(buf, pos + 1, columns)
-            before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
+        else:
+            before = pgoutput.decode_delete(buf, XLOG_PAYLOAD, t.columns, t.pk)
             txn.seq += 1
             self._emit(t, _D, t.key(before), before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
 
