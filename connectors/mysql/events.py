@@ -123,9 +123,10 @@ def read_events(info: TableInfo, head: bytes, tinyint1_as_boolean: bool) -> Call
         tail = envelope_tail(head, 0, _R, now_ms())
         out: list[Event] = []
         append = out.append
-        for values, pos in zip(rows, positions, strict=True):
+        for read, pos in zip(rows, positions, strict=True):
+            values: tuple | list = read
             if convs:
-                values = list(values)  # noqa: PLW2901 - converted in place
+                values = list(read)
                 for i, conv in convs:
                     v = values[i]
                     if v is not None:

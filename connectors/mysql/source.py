@@ -28,22 +28,20 @@ import orjson
 import pymysql
 
 from lakeward.connectors.mysql import catalog
-from lakeward.connectors.mysql.binlog import (
+from lakeward.connectors.mysql.binlog import Plan, Reader, new_epoch
+from lakeward.connectors.mysql.catalog import Server
+from lakeward.connectors.mysql.config import MySQLSourceConfig
+from lakeward.connectors.mysql.handover import (
     FINISHED,
     Announce,
     ChunkDone,
     Commit,
     Failed,
     History,
-    Plan,
-    Reader,
     SnapshotBegin,
     SnapshotDone,
     TableDone,
-    new_epoch,
 )
-from lakeward.connectors.mysql.catalog import Server
-from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
 from lakeward.connectors.mysql.incremental import ChunkPublished, JobStopped
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress
@@ -276,7 +274,7 @@ class MySQLSource(Source):
         publisher = self._publisher
         append = publisher.append
         send_open = publisher.send_open
-        out = reader.out
+        out = reader.handover.queue
         pending: Commit | None = None
         last_checkpoint = last_signals = time.monotonic()
         stopping = False

@@ -147,7 +147,7 @@ def from_table_map(source: str, prefix: str, db: str, table: str, lib_columns: l
             raise SourceSetupError(f"{db}.{table}: column {c.name!r} uses character set {c.character_set_name!r}, "
                                    "which Python cannot decode; convert the column to utf8mb4") from None
         meta = _meta(c)
-        if d is hint and c.type in (F.ENUM, F.SET):
+        if hint is not None and d is hint and c.type in (F.ENUM, F.SET):
             meta = (meta[0], tuple(enum_members(d.column_type)))  # the members as information_schema spells them
         defs.append(d)
         plans.append(ColumnPlan(c.name, c.type, bool(c.unsigned), meta, codec, d, lake_type(d, boolean)))
