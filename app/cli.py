@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,19 +47,19 @@ console = Console()
 err = Console(stderr=True)
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
     WARNING = "WARNING"
     ERROR = "ERROR"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -462,18 +462,18 @@ def write_result(arrow: pa.Table, fmt: OutputFormat, out: Any = None) -> None:
     stream = out or sys.stdout
     if fmt == OutputFormat.json:
         for row in rows:
-            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types)}
+            doc = {n: _json_value(v, t) for n, v, t in zip(names, row, types, strict=False)}
             stream.write(orjson.dumps(doc).decode() + "\n")
     elif fmt == OutputFormat.csv:
         stream.write(",".join(_csv_field(n) for n in names) + "\n")
         for row in rows:
-            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types)) + "\n")
+            stream.write(",".join(_csv_field(_text_value(v, t)) for v, t in zip(row, types, strict=False)) + "\n")
     else:
         from rich.text import Text
 
         t = Table(*[Column(n, overflow="fold") for n in names]) if names else Table()
         for row in rows:  # control characters escaped, so each row stays one line
-            cells = [_text_value(v, ty) for v, ty in zip(row, types)]
+            cells = [_text_value(v, ty) for v, ty in zip(row, types, strict=False)]
             t.add_row(*(Text("NULL", style="dim") if c is None else Text(c.translate(_CONTROL)) for c in cells))
         target = console if console.is_terminal else Console(width=max(80, Console(width=10**6).measure(t).maximum), highlight=False)
         target.print(t)

@@ -153,7 +153,7 @@ def main() -> None:
         def run():
             b = BatchBuilder(1 << 20, codecs[compression])
             headers = [(POSITION_HEADER, b"\0" * 17), t.schema_header]
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=False):
                 if b.append(key=k, value=v, timestamp=None, headers=headers) is None:
                     b._build()
                     b = BatchBuilder(1 << 20, codecs[compression])

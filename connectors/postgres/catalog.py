@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import time
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -38,7 +39,7 @@ def drop_slot(conn: psycopg.Connection, slot: str, *, wait_s: float = 5.0) -> No
 
 
 async def connect(dsn: str, *, replication: bool = False) -> psycopg.AsyncConnection:
-    kwargs = {"replication": "database"} if replication else {}
+    kwargs: dict[str, Any] = {"replication": "database"} if replication else {}
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=SESSION_OPTIONS, application_name="lakeward", **kwargs)
     except psycopg.OperationalError as e:

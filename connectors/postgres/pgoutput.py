@@ -222,7 +222,7 @@ def decode_delete(buf: bytes, pos: int, columns: list[tuple[str, Callable[[str],
 def convert_row(values: list, columns: list[tuple[str, Callable[[str], object]]], base: dict | None = None) -> dict:
     """Values as `_tuple` returns them -> a row, with the rules of `decode_row`."""
     row: dict = {}
-    for (name, conv), v in zip(columns, values):
+    for (name, conv), v in zip(columns, values, strict=False):
         if v is None:
             row[name] = None
         elif v is UNCHANGED:

@@ -99,7 +99,7 @@ class _Table:
     pk: list[str]
     source_base: dict[str, Any]
     columns: list[tuple[str, Converter]] = field(default_factory=list)
-    """(name, converter) per column, for pgoutput.decode_row."""
+    """(name, converter) per column, for pgoutput's row decoders (decode_insert, ...)."""
     key: Callable[[dict[str, Any]], bytes] = orjson.dumps
     """The event key of a row: its primary key columns as JSON (the whole row without a key)."""
     schema_header: tuple[str, bytes] = ("", b"")
@@ -113,7 +113,7 @@ class _Table:
     """Sees (op, key) of every event of the table while an incremental snapshot chunk of it is pending."""
 
     def __post_init__(self) -> None:
-        self.columns = list(zip(self.names, self.converters))
+        self.columns = list(zip(self.names, self.converters, strict=False))
         self.schema_header = (SCHEMA_HEADER, self.schema_id)
         pk = list(self.pk)
         if len(pk) == 1:
@@ -180,7 +180,7 @@ class _TableRead:
     ts_ms: int
     """When the table's snapshot began: `source.ts_ms` of its events."""
     head: bytes
-    """The envelope's `source` up to `"lsn":` (see _Table.source_head)."""
+    """The envelope's `source` up to the value of `lsn` (see _Table.source_head)."""
     started: float = 0.0
     rows_published: int = 0
 
@@ -304,20 +304,20 @@ class PostgresSource(Source):
         cfg = self.config
         tables = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
         await catalog.sync_publication(self._meta, cfg.publication_name, tables)
-        state = await self._read_state()
+        read = await self._read_state()
+        ours = read if read is not None and read.slot == cfg.slot_name else None
         slot = await get_slot(self._meta, cfg.slot_name)
-        ours = state is not None and state.slot == cfg.slot_name
-        if slot is not None and ours and state.done:  # type: ignore[union-attr]
-            start_lsn = slot.confirmed_flush_lsn
+        if slot is None:
+            start_lsn, state = await self._initial(tables)
+        elif ours is not None and ours.done:
+            start_lsn, state = slot.confirmed_flush_lsn, ours
             log.info("source %s: resuming slot %s at %s", cfg.name, cfg.slot_name, lsn_to_str(start_lsn))
-        elif slot is not None and not (ours and slot.confirmed_flush_lsn == state.consistent_lsn):  # type: ignore[union-attr]
+        elif ours is not None and slot.confirmed_flush_lsn == ours.consistent_lsn:
+            start_lsn, state = await self._resume(ours, tables)
+        else:
             # Not the slot this source created for a snapshot that did not finish (that one is still at
             # its consistent point): someone else's, with WAL it retained. Never drop it.
             start_lsn, state = await self._existing_slot(slot, tables)
-        elif slot is not None:
-            start_lsn, state = await self._resume(state, tables)  # type: ignore[arg-type]
-        else:
-            start_lsn, state = await self._initial(tables)
         while not stop.is_set():
             pending = await self._tables_to_read(tables, state)
             if pending:
@@ -551,7 +551,7 @@ class PostgresSource(Source):
             old_schema, old_table = renamed_from.split(".", 1)
             old = await self._table(conn, relid, old_schema, old_table, columns)
         await catalog.type_infos(conn, {o for _, o, _ in columns}, self._snapshot_types)
-        typed = [(name, self._snapshot_types[oid], typmod, conv) for (name, oid, typmod), conv in zip(columns, t.converters)]
+        typed = [(name, self._snapshot_types[oid], typmod, conv) for (name, oid, typmod), conv in zip(columns, t.converters, strict=False)]
         rel = chunks.relation(schema, table)
         kind, estimate, version = (await (await conn.execute(
             "SELECT relkind, reltuples::bigint, current_setting('server_version_num')::int FROM pg_class WHERE oid = %s", (relid,))).fetchone())  # type: ignore[misc]
@@ -638,8 +638,8 @@ class PostgresSource(Source):
             waiting_since: float | None = None  # since when events wait in partly filled batches
             sent_mark = publisher.appended
             while not stop.is_set():
-                timeout = 0.2 if waiting_since is None else max(0.0, LINGER_S - (time.monotonic() - waiting_since))
-                batch = await repl.read_batch(timeout=timeout)
+                wait_s = 0.2 if waiting_since is None else max(0.0, LINGER_S - (time.monotonic() - waiting_since))
+                batch = await repl.read_batch(wait_s)
                 if batch:
                     self._now_ms = int(time.time() * 1000)
                     data = False
