@@ -78,6 +78,8 @@ LINGER_S = 0.02
 _C, _U, _D, _R, _T = (op.encode() for op in (OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE))
 _STREAM = Position.STREAM
 _INSERT, _UPDATE, _DELETE = pgoutput.INSERT, pgoutput.UPDATE, pgoutput.DELETE
+_change_relid, _decode_insert, _decode_update, _decode_delete = (
+    pgoutput.change_relid, pgoutput.decode_insert, pgoutput.decode_update, pgoutput.decode_delete)
 _dumps = orjson.dumps
 _SNAPSHOT = Position.SNAPSHOT
 _PUBLISH_SLICE = 4096
@@ -810,17 +812,17 @@ class PostgresSource(Source):
     def _change(self, buf: bytes, tag: int, txn: _Txn) -> None:
         """One Insert, Update or Delete (pgoutput tag `tag`) of a raw XLogData buffer, as events."""
         lsn = xlog_start(buf)
-        relid = pgoutput.change_relid(buf, XLOG_PAYLOAD)
+        relid = _change_relid(buf, XLOG_PAYLOAD)
         t = self._relations[relid]
         if t.muted:
             return
         head = txn.heads.get(relid) or txn.head(t, relid)
-        if tag == pgoutput.INSERT:
-            row = pgoutput.decode_insert(buf, XLOG_PAYLOAD, t.columns)
+        if tag == _INSERT:
+            row = _decode_insert(buf, XLOG_PAYLOAD, t.columns)
             txn.seq += 1
             self._emit(t, _C, t.key(row), None, row, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
-        elif tag == pgoutput.UPDATE:
-            before, after = pgoutput.decode_update(buf, XLOG_PAYLOAD, t.columns, t.pk)
+        elif tag == _UPDATE:
+            before, after = _decode_update(buf, XLOG_PAYLOAD, t.columns, t.pk)
             if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
                 # A primary-key change is a delete of the old key and a create of the new one (as Debezium),
                 # each naming the other key in a header. With REPLICA IDENTITY DEFAULT an unchanged TOASTed
@@ -834,7 +836,7 @@ class PostgresSource(Source):
                 txn.seq += 1
                 self._emit(t, _U, t.key(after), before, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
         else:
-            before = pgoutput.decode_delete(buf, XLOG_PAYLOAD, t.columns, t.pk)
+            before = _decode_delete(buf, XLOG_PAYLOAD, t.columns, t.pk)
             txn.seq += 1
             self._emit(t, _D, t.key(before), before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
 
