@@ -21,12 +21,15 @@ import orjson
 import pyarrow as pa
 import typer
 import yaml
+from aiokafka.errors import KafkaError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
 from lakeward.app.runner import build_workers, run_workers
-from lakeward.core import progress
+from lakeward.core import broker as kafka
+from lakeward.core import progress, registry
 from lakeward.core import snapshot as snapshots
 from lakeward.core.config import (
     LakewardConfig,
@@ -37,6 +40,7 @@ from lakeward.core.config import (
 from lakeward.core.errors import ConfigError, LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.core.sink import SinkStatus
+from lakeward.core.source import Source, SourceStatus
 from lakeward.sinks.delta import store as lakefs
 
 if TYPE_CHECKING:
@@ -134,13 +138,52 @@ def _fail(e: LakewardError) -> NoReturn:
 
 @app.command()
 @_global_options
-def validate() -> None:
+def validate(
+    connect: Annotated[bool, typer.Option("--connect", help="Also connect to the broker and to every source's database, "
+                                                            "and check each database is set up for change data capture.")] = False,
+) -> None:
     """Check the config file: syntax, keys, types, references between sources and sinks."""
     try:
         cfg = _config()
     except LakewardError as e:
         _fail(e)
     console.print(f"config ok: {len(cfg.sources)} source(s), {len(cfg.sinks)} sink(s)")
+    if not connect:
+        return
+    problems = 0
+    for what, problem in asyncio.run(_connect(cfg)):
+        if problem is None:
+            console.print(f"{what}: ok", markup=False, highlight=False, soft_wrap=True)
+        else:
+            problems += 1
+            err.print(f"[bold red]error:[/] {escape(what)}: {escape(problem)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+async def _connect(cfg: LakewardConfig) -> list[tuple[str, str | None]]:
+    """(what, problem or None) for the broker and each source (Source.check): one line each, saying what to fix."""
+    out: list[tuple[str, str | None]] = []
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors are in the lines below, once
+    try:
+        async with kafka.Admin(cfg.broker) as admin:
+            await admin.topics()
+        out.append((f"broker at {cfg.broker.bootstrap_servers}", None))
+    except (LakewardError, KafkaError, OSError) as e:
+        out.append((f"broker at {cfg.broker.bootstrap_servers}", _one_line(e)))
+    for source_cfg in cfg.sources:
+        source = registry.source_class(source_cfg.type)(source_cfg, broker=cfg.broker)
+        try:
+            await source.check()
+            out.append((f"source {source_cfg.name}", None))
+        except (LakewardError, KafkaError, OSError) as e:
+            out.append((f"source {source_cfg.name}", _one_line(e)))
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, LakewardError) else f"{e.__class__.__name__}: {text}"
 
 
 @app.command("config")
@@ -218,23 +261,26 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     except LakewardError as e:
         _fail(e)
     if as_json:
-        plain = {**report, "sinks": [s.to_dict() if isinstance(s, SinkStatus) else s for s in report["sinks"]]}
-        sys.stdout.write(orjson.dumps(plain, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+        shown = {**report, "sources": [s.to_dict() for s in report["sources"]],
+                 "sinks": [s.to_dict() if isinstance(s, SinkStatus) else s for s in report["sinks"]]}
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
         return
     print_status(report, console)
 
 
 def print_status(report: dict[str, Any], out: Console) -> None:
-    src = Table("source", "slot", "active", "confirmed LSN", "lag bytes", title="Sources")
-    for s in report["sources"]:
-        if "error" in s:
-            src.add_row(s["source"], "", "", "", f"[red]{s['error']}[/]")
+    """`report`: `_status`'s, sources as SourceStatus."""
+    src = Table("source", "type", "capture", "active", "confirmed", "lag bytes", title="Sources")
+    sources: list[SourceStatus] = report["sources"]
+    for s in sources:
+        if s.error is not None:
+            src.add_row(s.source, s.type, "", "", "", f"[red]{escape(s.error)}[/]")
         else:
-            src.add_row(s["source"], s["slot"], str(s.get("active", "")), str(s.get("confirmed_flush_lsn", "missing")), str(s.get("lag_bytes", "")))
+            src.add_row(s.source, s.type, s.capture, _text(s.active), (s.confirmed or "") if s.exists else "missing", _text(s.lag_bytes))
     out.print(src)
-    for s in report["sources"]:
-        if s.get("snapshot"):
-            out.print(snapshot_table(s["source"], s["snapshot"]))
+    for s in sources:
+        if s.snapshot:
+            out.print(snapshot_table(s.source, [t.to_dict() for t in s.snapshot]))
     tbl = Table("sink", "table", "version", "last commit", "offset", "lag", "state", title="Lake tables")
     for s in report["sinks"]:
         if not isinstance(s, SinkStatus):  # the sink's status could not be read
@@ -263,15 +309,23 @@ def snapshot_table(source: str, tables: list[dict[str, Any]]) -> Table:
     return out
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 async def _status(cfg: LakewardConfig) -> dict[str, Any]:
+    """Every source's SourceStatus and every sink's status, each with the error that kept it from being read."""
     workers = build_workers(cfg, None, None)
     out: dict[str, Any] = {"sources": [], "sinks": []}
     for w in workers:
-        kind = "sources" if w in workers[: len(cfg.sources)] else "sinks"
+        is_source = isinstance(w, Source)
         try:
-            out[kind].append(await w.status())
+            out["sources" if is_source else "sinks"].append(await w.status())
         except LakewardError as e:
-            out[kind].append({kind[:-1]: w.config.name, "error": str(e)})
+            if is_source:
+                out["sources"].append(SourceStatus(w.config.name, w.config.type, error=str(e)))
+            else:
+                out["sinks"].append({"sink": w.config.name, "error": str(e)})
     return out
 
 

@@ -19,8 +19,9 @@ import time
 import pymysql.cursors
 
 from lakeward.connectors.mysql import catalog, snapshot
-from lakeward.connectors.mysql.binlog import Failed, Plan, Reader, SnapshotDone
+from lakeward.connectors.mysql.binlog import Plan, Reader
 from lakeward.connectors.mysql.config import MySQLSourceConfig
+from lakeward.connectors.mysql.handover import Failed, SnapshotDone
 from lakeward.connectors.mysql.history import SchemaHistory
 from tests.integration.mysql_fixtures import MYSQL, mquery, msql
 
@@ -75,7 +76,7 @@ def reader(parallelism: int) -> tuple[float, int]:
     events = 0
     try:
         while True:
-            batch = r.out.get()
+            batch = r.handover.queue.get()
             for item in batch:
                 if type(item) is tuple:
                     events += 1

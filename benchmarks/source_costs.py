@@ -27,9 +27,9 @@ from psycopg import pq
 
 from lakeward.connectors.postgres import pgoutput
 from lakeward.connectors.postgres.replication import XLOG_PAYLOAD, xlog_start
-from lakeward.connectors.postgres.source import _ENVELOPE, _NULL, _PG_POSITION, _Table
+from lakeward.connectors.postgres.source import _Table
 from lakeward.connectors.postgres.types import SESSION_OPTIONS, PgType, map_type
-from lakeward.core.events import POSITION_HEADER, Column, TableSchema
+from lakeward.core.events import ENVELOPE, NULL, PG_POSITION, POSITION_HEADER, Column, TableSchema
 
 sys.path.insert(0, os.path.dirname(__file__))
 from pipeline import ADMIN_DSN, INSERT, TABLE_DDL, dsn_for  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     head = t.source_head(1_700_000_000_000, "false", 1234)
     rows = [pgoutput.decode_row(m, XLOG_PAYLOAD + 6, t.columns)[0] for m in msgs]
     keys = [t.key(r) for r in rows]
-    values = [_ENVELOPE % (_NULL, orjson.dumps(r), head, i, b"c", 1_700_000_000_123) for i, r in enumerate(rows)]
+    values = [ENVELOPE % (NULL, orjson.dumps(r), head, i, b"c", 1_700_000_000_123) for i, r in enumerate(rows)]
     sizes = sum(map(len, values)) / n
 
     def new_decode():
@@ -134,7 +134,7 @@ def main() -> None:
 
     def new_value():
         for i, r in enumerate(rows):
-            _ENVELOPE % (_NULL, orjson.dumps(r), head, i, b"c", 1_700_000_000_123)
+            ENVELOPE % (NULL, orjson.dumps(r), head, i, b"c", 1_700_000_000_123)
 
     def old_value():
         for i, r in enumerate(rows):
@@ -143,7 +143,7 @@ def main() -> None:
 
     def position():
         for i in range(n):
-            [(POSITION_HEADER, _PG_POSITION.pack(123, 1, i)), t.schema_header]
+            [(POSITION_HEADER, PG_POSITION.pack(123, 1, i)), t.schema_header]
 
     from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -153,7 +153,7 @@ def main() -> None:
         def run():
             b = BatchBuilder(1 << 20, codecs[compression])
             headers = [(POSITION_HEADER, b"\0" * 17), t.schema_header]
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=False):
                 if b.append(key=k, value=v, timestamp=None, headers=headers) is None:
                     b._build()
                     b = BatchBuilder(1 << 20, codecs[compression])

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import ConnectionFailed, TransientError
 from lakeward.core.events import TableSchema, schema_topic
+from lakeward.core.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,18 @@ def unreachable(cfg: BrokerConfig, exc: BaseException) -> ConnectionFailed:
 
 def producer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all) before a send counts."""
-    kw = dict(
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=1 << 20,
-        max_request_size=16 << 20,
+    kw: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 1 << 20,
+        "max_request_size": 16 << 20,
         # aiokafka compresses lz4 at level 9 (LZ4-HC): up to a fifth of a source's CPU. zstd (level 3)
         # costs less and makes batches ~1.7x smaller (docs/performance.md); Kafka clients read it
         # since 2.1, and Redpanda does.
-        compression_type="zstd",
-        request_timeout_ms=30000,
-    )
+        "compression_type": "zstd",
+        "request_timeout_ms": 30000,
+    }
     kw.update(overrides)
     return AIOKafkaProducer(**client_kwargs(cfg), **kw)
 
@@ -60,16 +61,19 @@ def consumer(cfg: BrokerConfig, **overrides: Any) -> AIOKafkaConsumer:
     # one ahead. A sink replaying 1M events peaked at 829 MB RSS with 8 MiB per partition, 425 MB with
     # 256 KiB, at the same speed (benchmarks/sink_memory.py, docs/performance.md). A batch larger than
     # the limit still comes whole (Kafka returns at least one batch).
-    kw = dict(enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-              max_partition_fetch_bytes=256 << 10, fetch_max_bytes=16 << 20)
+    kw: dict[str, Any] = {"enable_auto_commit": False, "auto_offset_reset": "earliest", "isolation_level": "read_committed",
+                          "max_partition_fetch_bytes": 256 << 10, "fetch_max_bytes": 16 << 20}
     kw.update(overrides)
     return AIOKafkaConsumer(**client_kwargs(cfg), **kw)
 
 
 async def start_client(client: Any, cfg: BrokerConfig) -> None:
+    """Start an aiokafka client; one that cannot reach the broker is closed again (it holds tasks and
+    sockets from the attempt) and the error says so."""
     try:
         await client.start()
     except (KafkaConnectionError, OSError) as e:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise unreachable(cfg, e) from e
 
 
@@ -131,6 +135,14 @@ class SchemaPublisher:
         return sid
 
 
+SCHEMA_READS = 20
+"""Reads of the schema topic before a schema id an event names counts as unknown (0.25 s apart)."""
+
+
+class _SchemaNotYet(TransientError):
+    """The schema topic, read to its end, does not have the schema (yet)."""
+
+
 class SchemaReader:
     """Reads schema topics into memory; reloads when an event names a schema it hasn't seen yet."""
 
@@ -143,20 +155,23 @@ class SchemaReader:
         TransientError when the topic could not be read."""
         if schema_id not in self._schemas:
             topic = schema_topic(self.cfg.topic_prefix, source)
-            # A source publishes a schema before the first event that names it; reread a few times
-            # in case this reader's metadata lags behind.
-            for _ in range(20):
+
+            async def load() -> None:
                 try:
                     records = await read_topic(self.cfg, topic)
                 except KafkaError as e:
                     raise TransientError(f"cannot read schema topic {topic} at {self.cfg.bootstrap_servers}: {e}") from e
                 for r in records:
                     self._schemas[r.key.decode()] = TableSchema.from_json(r.value)
-                if schema_id in self._schemas:
-                    break
-                await asyncio.sleep(0.25)
-            else:
-                raise KeyError(schema_id)
+                if schema_id not in self._schemas:
+                    raise _SchemaNotYet(schema_id)
+
+            # A source publishes a schema before the first event that names it; read again a few times
+            # in case this reader's metadata lags behind.
+            try:
+                await retry(load, attempts=SCHEMA_READS, backoff=Backoff(initial=0.25, maximum=0.25))
+            except _SchemaNotYet:
+                raise KeyError(schema_id) from None
         return self._schemas[schema_id]
 
 

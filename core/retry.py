@@ -13,17 +13,21 @@ Errors from libraries are classified once, here:
     supervisor passes True and restarts the worker, logging the traceback.
 
 `Backoff` gives the delays: exponential from `initial` up to `maximum`, for blocking loops
-(`wait_sync`, in worker threads) and async ones (`wait`, interruptible by a stop event).
+(`wait_sync`, in worker threads) and async ones (`wait`, interruptible by a stop event). `retry` is
+the loop itself, for a call that may fail a few times before it works.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lakeward.core.errors import LakewardError
+
+T = TypeVar("T")
 
 # A classifier reads one library's errors: True/False when it knows the error, None when it doesn't.
 Classifier = Callable[[BaseException], "bool | None"]
@@ -107,3 +111,15 @@ class Backoff:
             return False
         except TimeoutError:
             return True
+
+
+async def retry(call: Callable[[], Awaitable[T]], *, attempts: int, backoff: Backoff, stop: asyncio.Event | None = None) -> T:
+    """`await call()` until it returns, at most `attempts` times, waiting `backoff`'s delays in between.
+    An error that is not retriable (`is_retriable`) is raised at once; a retriable one once the
+    attempts are used up, or `stop` is set while waiting."""
+    while True:
+        try:
+            return await call()
+        except Exception as e:
+            if not is_retriable(e) or backoff.attempt + 1 >= attempts or not await backoff.wait(stop):
+                raise

@@ -1,35 +1,21 @@
 """The reader thread: every blocking MySQL call of a running source happens here.
 
-It snapshots tables (snapshot.py), then follows the binlog through pymysqlreplication's
-BinLogStreamReader, and hands the asyncio side an ordered stream of batches through a bounded
-queue (backpressure: when the broker is slower, the thread blocks and stops reading the binlog).
-A batch is a list of items:
+It snapshots tables (snapshot.py), then follows the binlog (stream.py, with ddl.py for statements and
+gtid.py for where it is), and hands the asyncio side an ordered stream of batches (handover.py).
+Between transactions it runs incremental snapshot chunks (incremental.py). Its errors reach the
+asyncio side classified (errors.py).
 
-  (topic, key, value, headers)   an event, ready for BatchPublisher.append
-  Announce(info)                 publish this table schema and create the topic before its events
-  History(entry)                 write this schema history entry before the events that follow
-  Commit(resume, tables)         a transaction boundary: once everything before it is acknowledged,
-                                 `resume` may be written to the state topic
-  SnapshotBegin / ChunkDone / TableDone / SnapshotDone   snapshot bookkeeping for the state topic
-  incremental.ChunkPublished / JobStopped                incremental snapshot progress (see incremental.py)
-  Failed(exc), Finished          the thread's end
-
-Positions (core.events.Position.mysql): binlog file index, position of the transaction's first event
-(its GTID event, or BEGIN), phase (0 snapshot, 1 stream), then the rows event's position in the
-file and 2 × the row's index in the event (+1 for the create half of a primary-key change). Every
-field comes from the binlog itself, so a restarted source re-publishes a transaction with the same
-positions and sinks drop the repeats; table filters don't change them either. A snapshot taken at
-binlog position P has positions (file, P, 0, sequence, 0): after everything before P, before the
-transaction starting at P; the sequence is 0 for the table's `t` event, then chunk << 32 | row in
-chunk + 1 (chunks are read by several connections at P and published in order, see snapshot.py).
+Positions (core.events.Position.mysql) come from the binlog itself (events.py), so a restarted
+source re-publishes a transaction with the same positions and sinks drop the repeats; table filters
+don't change them either. A snapshot taken at binlog position P has positions (file, P, 0, sequence,
+0): after everything before P, before the transaction starting at P; the sequence is 0 for the
+table's `t` event, then chunk << 32 | row in chunk + 1 (chunks are read by several connections at P
+and published in order, see snapshot.py).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import re
-import struct
 import threading
 import time
 import uuid
@@ -40,153 +26,35 @@ from concurrent.futures import Future
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-import orjson
 import pymysql
-from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import (
-    GtidEvent,
-    HeartbeatLogEvent,
-    MariadbGtidEvent,
-    NotImplementedEvent,
-    QueryEvent,
-    RotateEvent,
-    XAPrepareEvent,
-    XidEvent,
-)
-from pymysqlreplication.gtid import Gtid, GtidSet
-from pymysqlreplication.row_event import (
-    DeleteRowsEvent,
-    PartialUpdateRowsEvent,
-    TableMapEvent,
-    UpdateRowsEvent,
-    WriteRowsEvent,
-)
 
-from lakeward.connectors.mysql import catalog, incremental, snapshot, tables
+from lakeward.connectors.mysql import catalog, errors, events, incremental, snapshot, tables
 from lakeward.connectors.mysql.catalog import Server
 from lakeward.connectors.mysql.config import MySQLSourceConfig
-from lakeward.connectors.mysql.history import (
-    HistoryEntry,
-    SchemaHistory,
-    clean,
-    parse_ddl,
-    rewrites_rows,
+from lakeward.connectors.mysql.ddl import DdlHandler
+from lakeward.connectors.mysql.handover import (
+    ChunkDone,
+    Commit,
+    Established,
+    Handover,
+    SnapshotBegin,
+    SnapshotDone,
+    Stats,
+    Stopped,
+    TableDone,
+    Tables,
 )
-from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress, file_index
+from lakeward.connectors.mysql.history import HistoryEntry, SchemaHistory
+from lakeward.connectors.mysql.snapshot import BinlogPoint
+from lakeward.connectors.mysql.stream import BinlogStream, NeedSnapshot
 from lakeward.connectors.mysql.tables import TableInfo
 from lakeward.core import metrics, progress
-from lakeward.core.errors import (
-    ConnectionFailed,
-    SourceSetupError,
-    TerminalError,
-    TransientError,
-)
-from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Position
+from lakeward.core.events import Position
 
 log = logging.getLogger(__name__)
 
 # pymysqlreplication 1.0.17 opens its control connection with PyMySQL's deprecated `db` argument.
 warnings.filterwarnings("ignore", message="'db' is deprecated", category=DeprecationWarning)
-
-BATCH_ITEMS = 1000
-"""Events per batch handed to the asyncio side (a transaction end hands over what it has when the
-asyncio side is idle, so latency stays low without per-event handoffs)."""
-QUEUE_BATCHES = 32
-"""Batches in flight between the thread and the asyncio side; the bound is the backpressure."""
-
-TRUNCATE_KEY = b"{}"
-
-# Event types python-mysql-replication cannot decode and would skip: refused, never skipped.
-COMPRESSED_EVENTS = {
-    0x28: "MySQL TRANSACTION_PAYLOAD_EVENT (binlog_transaction_compression=ON)",
-    0xA5: "MariaDB QUERY_COMPRESSED_EVENT (log_bin_compress=ON)",
-    0xA6: "MariaDB WRITE_ROWS_COMPRESSED_EVENT_V1 (log_bin_compress=ON)",
-    0xA7: "MariaDB UPDATE_ROWS_COMPRESSED_EVENT_V1 (log_bin_compress=ON)",
-    0xA8: "MariaDB DELETE_ROWS_COMPRESSED_EVENT_V1 (log_bin_compress=ON)",
-    0xA9: "MariaDB WRITE_ROWS_COMPRESSED_EVENT (log_bin_compress=ON)",
-    0xAA: "MariaDB UPDATE_ROWS_COMPRESSED_EVENT (log_bin_compress=ON)",
-    0xAB: "MariaDB DELETE_ROWS_COMPRESSED_EVENT (log_bin_compress=ON)",
-}
-ANONYMOUS_GTID_EVENT = 0x22
-
-_USE = re.compile(r"^use `((?:[^`]|``)*)`;\s*", re.I)  # SHOW BINLOG EVENTS' Info of a Query event
-_POS_HEAD = struct.Struct(">IQBQ")
-_SNAPSHOT_HEAD = struct.Struct(">IQB")  # Position.mysql's file index, binlog position, phase
-_SNAPSHOT_SEQ = struct.Struct(">QI")  # ... and its sequence, row
-_U32 = struct.Struct(">I")
-
-
-# --- items ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Announce:
-    info: TableInfo
-
-
-@dataclass(frozen=True)
-class History:
-    entry: HistoryEntry
-
-
-Tables = dict[str, str]
-"""`db.table` -> hex position of the table's last snapshot (or of its CREATE TABLE when it was created
-while streaming; "" when it was never snapshotted): the tables established in the lake."""
-
-
-@dataclass(frozen=True)
-class Commit:
-    resume: BinlogPoint
-    tables: Tables
-
-
-@dataclass(frozen=True)
-class SnapshotBegin:
-    point: BinlogPoint
-    initial: bool
-
-
-@dataclass(frozen=True)
-class TableDone:
-    table: str
-    pos: str
-    """Hex position of the snapshot."""
-
-
-@dataclass(frozen=True)
-class ChunkDone:
-    table: str
-    progress: ChunkProgress
-    """The table's progress once everything before this item is acknowledged."""
-
-
-@dataclass(frozen=True)
-class SnapshotDone:
-    tables: Tables
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: BaseException
-
-
-class Finished:
-    pass
-
-
-FINISHED = Finished()
-
-
-class _Stopped(Exception):
-    pass
-
-
-class _NeedSnapshot(Exception):
-    def __init__(self, tables: list[tuple[str, str]], resume: BinlogPoint):
-        self.tables, self.resume = tables, resume
-
-
-# --- the thread ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -202,18 +70,6 @@ class Plan:
     """Tables established in the lake (see Tables)."""
     initial: bool = False
     """The initial snapshot (or what a restart has left of it): ends with SnapshotDone."""
-
-
-@dataclass
-class Stats:
-    """What the reader did since it started (`lakeward status` of a running source)."""
-
-    rows_decoded: int = 0
-    transactions: int = 0
-    position: str = ""
-    event_ts: float | None = 0.0
-    """Binlog timestamp (Unix seconds) of the last rows event read (0: none yet); None once a heartbeat
-    showed the reader at the binlog's end (for lakeward_source_lag_seconds)."""
 
 
 @dataclass(eq=False)
@@ -246,119 +102,53 @@ class Reader(threading.Thread):
                  wake: Callable[[], None]):
         super().__init__(name=f"lakeward-mysql-{cfg.name}", daemon=True)
         self.cfg, self.prefix, self.server, self.history, self.plan = cfg, prefix, server, history, plan
-        self.out: queue.Queue = queue.Queue(QUEUE_BATCHES)
         self.stop_flag = threading.Event()
         self.stats = Stats()
-        self._wake = wake
-        self._batch: list[Any] = []
-        self._last_push = time.monotonic()
-        self._announced: set[bytes] = set()
-        self._tables: Tables = dict(plan.tables)
-        self._tables_copy: Tables | None = None
-        self._server_id = cfg.effective_server_id
+        self._metrics = metrics.SourceMetrics(cfg.name, prefix)
+        self.handover = Handover(wake, self.stop_flag, history, self._metrics)
+        self.tables = Established(plan.tables)
         self._boolean = cfg.tinyint1_as_boolean
         self._meta: pymysql.Connection | None = None
-        self._infos: dict[tuple, TableInfo] = {}
-        self._maps: dict[int, TableInfo | None] = {}
-        self._metrics = metrics.SourceMetrics(cfg.name, prefix)
         self.incremental = incremental.Jobs(cfg, prefix, server, history.epoch, self._boolean)
         """Incremental snapshot jobs; the asyncio side adds them (Jobs.add) and sets the chunk counter before start."""
-
-    # --- handing items over ----------------------------------------------------------------------
-
-    def _push(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch = self._batch, []
-        while True:
-            try:
-                self.out.put(batch, timeout=0.2)
-                break
-            except queue.Full:
-                if self.stop_flag.is_set():
-                    raise _Stopped() from None
-        self._last_push = time.monotonic()
-        self._wake()
-
-    def _emit(self, item: Any) -> None:
-        self._batch.append(item)
-        if len(self._batch) >= BATCH_ITEMS:
-            self._push()
-
-    def _tables_now(self) -> Tables:
-        """The established tables, as an immutable-by-convention copy shared until they change."""
-        if self._tables_copy is None:
-            self._tables_copy = dict(self._tables)
-        return self._tables_copy
-
-    def _set_table(self, name: str, pos: bytes | None) -> None:
-        if pos is None:
-            self._tables.pop(name, None)
-        else:
-            self._tables[name] = pos.hex()
-        self._tables_copy = None
-
-    def _snapshotted_since(self, name: str, pos: bytes) -> bool:
-        """Whether the table was read (or created) after `pos`: a replayed DDL needs no new snapshot."""
-        at = self._tables.get(name)
-        return bool(at) and bytes.fromhex(at) > pos
-
-    def _announce(self, info: TableInfo) -> None:
-        if info.schema_id not in self._announced:
-            self._announced.add(info.schema_id)
-            self._batch.append(Announce(info))
-
-    def _record(self, entry: HistoryEntry) -> None:
-        if self.history.add(entry):
-            self._batch.append(History(entry))
-
-    def _count(self, info: TableInfo, op: str, n: int) -> None:
-        """lakeward_source_events_read_total, per rows event or snapshot chunk (Prometheus counters are thread-safe)."""
-        if n:
-            self._metrics.read(f"{info.db}.{info.table}", op).inc(n)
+        self._ddl = DdlHandler(cfg, prefix, history, self.handover, self.tables, self._boolean)
+        self._stream = BinlogStream(cfg, prefix, server, history, self.handover, self._ddl, self.tables, self.stats, self.stop_flag,
+                                    self.incremental, self._incremental)
 
     # --- run --------------------------------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            self._meta = catalog.connect(self.cfg)
+            self._meta = self._ddl.meta = catalog.connect(self.cfg)
             start = self.plan.start
             if self.plan.snapshot_tables:
                 point = self._snapshot(self.plan.snapshot_tables, initial=self.plan.initial, record_progress=True)
                 start = start or point
             elif self.plan.initial and start is not None:
-                self._emit(SnapshotDone(self._tables_now()))  # a resumed snapshot whose tables were all read
+                self.handover.emit(SnapshotDone(self.tables.now()))  # a resumed snapshot whose tables were all read
             if start is None:
                 start = BinlogPoint(*catalog.master_status(self._meta, self.server))
                 self._record_definitions(start)
-                self._emit(SnapshotBegin(start, True))
-                self._emit(SnapshotDone(self._tables_now()))
-            self._emit(Commit(start, self._tables_now()))
+                self.handover.emit(SnapshotBegin(start, True))
+                self.handover.emit(SnapshotDone(self.tables.now()))
+            self.handover.emit(Commit(start, self.tables.now()))
             while not self.stop_flag.is_set():
                 try:
-                    self._stream(start)
+                    self._stream.run(start)
                     break
-                except _NeedSnapshot as n:
+                except NeedSnapshot as n:
                     self._snapshot(n.tables, initial=False)
                     start = n.resume
-                    self._emit(Commit(start, self._tables_now()))
-            self._push()
-        except _Stopped:
+                    self.handover.emit(Commit(start, self.tables.now()))
+            self.handover.push()
+        except Stopped:
             pass
         except BaseException as e:  # noqa: BLE001 - handed to the asyncio side, which raises it
-            self._batch.append(Failed(_classify(e, self.cfg)))
-            try:
-                self._push()
-            except _Stopped:
-                pass
+            self.handover.fail(errors.classify(e, self.cfg))
         finally:
             if self._meta is not None:
                 self._meta.close()
-            try:
-                self.out.put([FINISHED], timeout=5)
-            except queue.Full:
-                pass
-            self._wake()
+            self.handover.finish()
 
     def _record_definitions(self, point: BinlogPoint) -> None:
         """`snapshot: never`: record the captured tables' definitions at the stream's start (as a
@@ -366,11 +156,11 @@ class Reader(threading.Thread):
         not with information_schema as it is when the stream gets there."""
         assert self._meta is not None
         pos = Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)
-        for name in sorted(self._tables):
+        for name in self.tables.names():
             db, table = name.split(".", 1)
             found = catalog.table_defs(self._meta, db, table)
             if found is not None:
-                self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1])))
+                self.handover.record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1])))
 
     # --- snapshot ---------------------------------------------------------------------------------
 
@@ -382,15 +172,15 @@ class Reader(threading.Thread):
         conns, point = snapshot.open_snapshots(cfg, self.server, cfg.effective_snapshot_parallelism)
         log.info("source %s: snapshot of %d table(s) at %s:%d%s with %d connection(s)", cfg.name, len(wanted), point.file, point.pos,
                  f" (GTID {point.gtid})" if point.gtid else "", len(conns))
-        self._emit(SnapshotBegin(point, initial))
+        self.handover.emit(SnapshotBegin(point, initial))
         try:
             with snapshot.ChunkPool(conns, cfg.snapshot_chunk_rows, self.stop_flag, self.name) as pool:
                 self._read_tables(pool, wanted, point, record_progress)
         except snapshot.Abandoned:
-            raise _Stopped() from None
+            raise Stopped() from None
         if initial:
-            self._emit(SnapshotDone(self._tables_now()))
-        self._push()
+            self.handover.emit(SnapshotDone(self.tables.now()))
+        self.handover.push()
         return point
 
     def _read_tables(self, pool: snapshot.ChunkPool, wanted: list[tuple[str, str]], point: BinlogPoint, record_progress: bool) -> None:
@@ -451,337 +241,49 @@ class Reader(threading.Thread):
 
     def _publish_chunk(self, pool: snapshot.ChunkPool, chunk: snapshot.Chunk, point: BinlogPoint, record_progress: bool) -> None:
         tr: _TableRead = chunk.owner
-        info, name, cfg = tr.info, tr.name, self.cfg
+        info, name, cfg, plan = tr.info, tr.name, self.cfg, tr.plan
+        assert plan is not None
         if chunk.index == 0:
             self._start_table(tr, point)
         snapshot_rows = self._metrics.snapshot_rows(name)
         for piece in pool.pieces(chunk):
-            self._hand_over(piece)
+            self.handover.hand_over(piece)
             n = len(piece)
-            self._count(info, "r", n)
+            self.handover.count(info, "r", n)
             snapshot_rows.inc(n)
             progress.snapshots.advance(cfg.name, name, n)
         tr.rows += chunk.rows
-        if chunk.last_key is not None and tr.plan.bounds is not None:
+        if chunk.last_key is not None and plan.bounds is not None:
             tr.after = snapshot.key_to_json(chunk.last_key)
-        if chunk.index == tr.plan.chunks - 1:
-            self._set_table(name, tr.entry.pos)
-            self._emit(TableDone(name, tr.entry.pos.hex()))
-            self._push()
+        if chunk.index == plan.chunks - 1:
+            self.tables.set(name, tr.entry.pos)
+            self.handover.emit(TableDone(name, tr.entry.pos.hex()))
+            self.handover.push()
             progress.snapshots.finish(cfg.name, name)
-            log.info("source %s: snapshot of %s: %d rows in %d chunk(s), %.1fs", cfg.name, name, tr.rows, tr.plan.chunks,
+            log.info("source %s: snapshot of %s: %d rows in %d chunk(s), %.1fs", cfg.name, name, tr.rows, plan.chunks,
                      time.monotonic() - tr.started)
         elif record_progress:
-            self._emit(ChunkDone(name, snapshot.ChunkProgress(tr.entry.pos.hex(), tr.plan.chunks, chunk.index + 1, tr.after, tr.rows)))
-
-    def _hand_over(self, events: list) -> None:
-        """Hand a chunk reader's piece over as a batch of its own (after what is batched before it)."""
-        self._push()
-        self._batch = events
-        self._push()
+            self.handover.emit(ChunkDone(name, snapshot.ChunkProgress(tr.entry.pos.hex(), plan.chunks, chunk.index + 1, tr.after, tr.rows)))
 
     def _start_table(self, tr: _TableRead, point: BinlogPoint) -> None:
         """The table's schema, history entry and `t` event, before its first chunk."""
         info = tr.info
         tr.started = time.monotonic()
-        self._record(tr.entry)
-        self._announce(info)
-        now = int(time.time() * 1000)
+        self.handover.record(tr.entry)
+        self.handover.announce(info)
         # The snapshot starts by resetting the table: a restarted snapshot must not leave stale rows.
-        self._emit((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (
-            self._snapshot_source(info, point, b"first"), now),
-            [(POSITION_HEADER, Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)), (SCHEMA_HEADER, info.schema_id)]))
-        self._count(info, "t", 1)
+        self.handover.emit(events.truncate(info, events.point_source(info, self.server.server_id, point, b"first"),
+                                           Position.mysql(point.file_index, point.pos, Position.SNAPSHOT, 0, 0)))
+        self.handover.count(info, "t", 1)
+        assert tr.plan is not None
         progress.snapshots.start(self.cfg.name, tr.name, tr.plan.estimate)
-
-    def _snapshot_source(self, info: TableInfo, point: BinlogPoint, kind: bytes) -> bytes:
-        return info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-            self.server.server_id, int(time.time() * 1000), kind, orjson.dumps(point.gtid or None), orjson.dumps(point.file), point.pos)
 
     def _row_events(self, info: TableInfo, point: BinlogPoint) -> snapshot.Convert:
         """The chunk readers' conversion of snapshot rows into `r` events (runs on the pool's threads).
         Positions: (file, P, snapshot, chunk << 32 | row in chunk + 1, 0): increasing in publish order,
         the same when a chunk is read again at the same point."""
-        names = [d.name for d in info.defs]
-        convs = info.snapshot_converters(self._boolean)
-        topic, sid_header = info.topic, (SCHEMA_HEADER, info.schema_id)
-        head = _SNAPSHOT_HEAD.pack(point.file_index, point.pos, Position.SNAPSHOT)
-        seq_tail = _SNAPSHOT_SEQ.pack
-        src_part = b',"source":' + self._snapshot_source(info, point, b"true") + b',"op":"r","ts_ms":'
-        pk = info.pk
-        key_at = [names.index(k) for k in pk]
-        dumps = orjson.dumps
-
-        def convert(index: int, first: int, rows: list[tuple]) -> list[tuple]:
-            tail = src_part + b"%d}" % int(time.time() * 1000)
-            seq = (index << 32) + first
-            out = []
-            append = out.append
-            for values in rows:
-                if convs:
-                    values = list(values)
-                    for i, conv in convs:
-                        v = values[i]
-                        if v is not None:
-                            values[i] = conv(v)
-                after = dumps(dict(zip(names, values)))
-                if len(key_at) == 1:
-                    key = dumps({pk[0]: values[key_at[0]]})
-                elif key_at:
-                    key = dumps({k: values[i] for k, i in zip(pk, key_at)})
-                else:
-                    key = after  # key_function(()): the whole row
-                seq += 1
-                append((topic, key, b'{"before":null,"after":' + after + tail, [(POSITION_HEADER, head + seq_tail(seq, 0)), sid_header]))
-            return out
-
-        return convert
-
-    # --- stream -----------------------------------------------------------------------------------
-
-    def _open_stream(self, start: BinlogPoint) -> BinLogStreamReader:
-        cfg = self.cfg
-        settings = dict(host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password or "", charset="utf8mb4",
-                        connect_timeout=cfg.connect_timeout_s, read_timeout=max(30.0, cfg.heartbeat_interval_s * 5))
-        kw: dict[str, Any] = {}
-        if start.gtid and self.server.gtid_mode:
-            kw["auto_position"] = start.gtid
-            kw["is_mariadb"] = self.server.is_mariadb
-        else:
-            kw.update(log_file=start.file, log_pos=start.pos, resume_stream=True)
-        opened = []
-
-        def connect(**kw: Any) -> pymysql.Connection:
-            # pymysqlreplication reconnects by itself after a lost connection, from its *initial*
-            # GTID position; refuse, so the source restarts cleanly from its stored resume position.
-            if "db" not in kw and "database" not in kw:
-                if opened:
-                    raise pymysql.err.OperationalError(2013, "lost the binlog connection")
-                opened.append(True)
-            return pymysql.connect(**kw)
-
-        return BinLogStreamReader(
-            connection_settings=settings,
-            pymysql_wrapper=connect,
-            server_id=self._server_id,
-            blocking=True,
-            only_events=[RotateEvent, QueryEvent, XidEvent, GtidEvent, MariadbGtidEvent, TableMapEvent, WriteRowsEvent,
-                         UpdateRowsEvent, DeleteRowsEvent, PartialUpdateRowsEvent, HeartbeatLogEvent, XAPrepareEvent, NotImplementedEvent],
-            filter_non_implemented_events=False,
-            only_schemas=catalog.schema_filter(cfg.tables),
-            slave_heartbeat=cfg.heartbeat_interval_s,
-            enable_logging=False,
-            **kw,
-        )
-
-    def _stream(self, start: BinlogPoint) -> None:
-        cfg = self.cfg
-        patterns = cfg.tables
-        stream = self._open_stream(start)
-        log.info("source %s: streaming from %s:%d%s", cfg.name, start.file, start.pos, f" (GTID {start.gtid})" if start.gtid else "")
-        mariadb = self.server.is_mariadb
-        gtid_state = _GtidState(start.gtid, mariadb)
-        file, fi = start.file, start.file_index
-        txn_pos: int | None = None  # position of the open transaction's first event
-        txn_gtid: str | None = None
-        txn_rows = False
-        standalone: bool | None = None  # MariaDB's GTID flag: a DDL group that ends with its statement
-        matched: dict[tuple[str, str], bool] = {}
-        gtid_json = b"null"
-        file_json = orjson.dumps(file)
-        maps = self._maps
-        maps.clear()
-        dumps = orjson.dumps
-        emit_batch = self._batch
-        stats = self.stats
-        stop = self.stop_flag
-        inc = self.incremental
-        inc.drop_pending("the stream starts again")  # its point may sort before a re-read that came in between
-        try:
-            for ev in stream:
-                if stop.is_set():
-                    break
-                cls = ev.__class__
-                if cls is WriteRowsEvent or cls is UpdateRowsEvent or cls is DeleteRowsEvent:
-                    info = maps.get(ev.table_id)
-                    if info is None:
-                        continue
-                    w = ev.packet
-                    ev_start = w.log_pos - w.event_size
-                    if txn_pos is None:
-                        txn_pos = ev_start
-                    raw = w.packet
-                    data, p = raw._data, raw._position
-                    end = p + ev.event_size - w.read_bytes
-                    head = _POS_HEAD.pack(fi, txn_pos, 1, ev_start)
-                    now = int(time.time() * 1000)
-                    src = info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"false","gtid":%b,"file":%b,"pos":%d,"row":' % (
-                        w.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start)
-                    sid_header = (SCHEMA_HEADER, info.schema_id)
-                    topic, key = info.topic, info.key
-                    n = 0
-                    if cls is WriteRowsEvent:
-                        image = info.image(ev.columns_present_bitmap)
-                        while p < end:
-                            row, p = image(data, p)
-                            emit_batch.append((topic, key(row), b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
-                                dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
-                        self._count(info, "c", n)
-                    elif cls is DeleteRowsEvent:
-                        image = info.image(ev.columns_present_bitmap)
-                        while p < end:
-                            row, p = image(data, p)
-                            emit_batch.append((topic, key(row), b'{"before":%b,"after":null,"source":%b%d},"op":"d","ts_ms":%d}' % (
-                                dumps(row), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
-                        self._count(info, "d", n)
-                    else:
-                        before_image = info.image(ev.columns_present_bitmap)
-                        after_image = info.image(ev.columns_present_bitmap2)
-                        pk = info.pk
-                        moved = 0
-                        while p < end:
-                            before, p = before_image(data, p)
-                            after, p = after_image(data, p)
-                            old_key, new_key = key(before), key(after)
-                            if pk and old_key != new_key:
-                                # A primary-key change is a delete of the old key and a create of the new one.
-                                emit_batch.append((topic, old_key, b'{"before":%b,"after":null,"source":%b%d},"op":"d","ts_ms":%d}' % (
-                                    dumps(before), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                                emit_batch.append((topic, new_key, b'{"before":null,"after":%b,"source":%b%d},"op":"c","ts_ms":%d}' % (
-                                    dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n + 1)), sid_header]))
-                                moved += 1
-                            else:
-                                emit_batch.append((topic, new_key, b'{"before":%b,"after":%b,"source":%b%d},"op":"u","ts_ms":%d}' % (
-                                    dumps(before), dumps(after), src, n, now), [(POSITION_HEADER, head + _U32.pack(2 * n)), sid_header]))
-                            n += 1
-                        self._count(info, "u", n - moved)
-                        self._count(info, "d", moved)
-                        self._count(info, "c", moved)
-                    stats.rows_decoded += n
-                    stats.event_ts = ev.timestamp
-                    txn_rows = True
-                    if len(emit_batch) >= BATCH_ITEMS:
-                        self._push()
-                        emit_batch = self._batch
-                elif cls is TableMapEvent:
-                    if txn_pos is None:
-                        txn_pos = ev.packet.log_pos - ev.packet.event_size
-                    hit = matched.get((ev.schema, ev.table))
-                    if hit is None:
-                        hit = matched[(ev.schema, ev.table)] = catalog.matches(patterns, ev.schema, ev.table)
-                    if hit:
-                        pos = Position.mysql(fi, txn_pos, Position.STREAM, ev.packet.log_pos - ev.packet.event_size, 0)
-                        maps[ev.table_id] = self._table_from_map(ev, pos)
-                        emit_batch = self._batch
-                    else:
-                        maps[ev.table_id] = None
-                elif cls is XidEvent:
-                    txn_pos, txn_rows = None, False
-                    gtid_state.commit(txn_gtid)
-                    txn_gtid, gtid_json = None, b"null"
-                    stats.transactions += 1
-                    self._commit(BinlogPoint(file, ev.packet.log_pos, gtid_state.text))
-                    if inc.busy:
-                        self._incremental(fi, ev.packet.log_pos)
-                    emit_batch = self._batch
-                elif cls is MariadbGtidEvent or cls is GtidEvent:
-                    txn_pos = ev.packet.log_pos - ev.packet.event_size
-                    txn_gtid = ev.gtid
-                    gtid_json = dumps(txn_gtid)
-                    standalone = bool(ev.flags & 1) if cls is MariadbGtidEvent else None
-                    if inc.busy:  # a transaction boundary: the stream has everything before txn_pos
-                        self._incremental(fi, txn_pos)
-                        emit_batch = self._batch
-                elif cls is QueryEvent:
-                    q = ev.query
-                    ev_start = ev.packet.log_pos - ev.packet.event_size
-                    if txn_pos is None:
-                        txn_pos = ev_start
-                        if inc.busy:
-                            self._incremental(fi, txn_pos)
-                            emit_batch = self._batch
-                    word = q.strip().upper()
-                    if word == "BEGIN":
-                        continue
-                    if word == "COMMIT" or word == "ROLLBACK":
-                        # A non-transactional engine's statement ends with a COMMIT query, not an XID.
-                        txn_pos, txn_rows = None, False
-                        gtid_state.commit(txn_gtid)
-                        txn_gtid, gtid_json = None, b"null"
-                        self._commit(BinlogPoint(file, ev.packet.log_pos, gtid_state.text))
-                        if inc.busy:
-                            self._incremental(fi, ev.packet.log_pos)
-                        emit_batch = self._batch
-                        continue
-                    default_db = ev.schema.decode() if isinstance(ev.schema, bytes) else (ev.schema or "")
-                    ddl = parse_ddl(q, default_db)
-                    if ddl is None:
-                        continue  # SAVEPOINT, ROLLBACK TO, XA ...: inside a transaction
-                    pos = Position.mysql(fi, txn_pos, Position.STREAM, ev_start, 0)
-                    snap = self._ddl(ddl, q, pos, ev.packet.server_id, ev.timestamp * 1000, gtid_json, file_json, ev_start,
-                                     (file, ev.packet.log_pos))
-                    if inc.pending is not None and incremental.touches(ddl, inc.pending.job.table):
-                        inc.drop_pending(f"{ddl.kind} of the table before the chunk's point")
-                    if ddl.kind == "dml":
-                        continue  # a statement-based change inside a transaction, on a table we don't capture
-                    if standalone is False or standalone is None and clean(q).upper().endswith("START TRANSACTION"):
-                        continue  # CREATE TABLE ... SELECT: the rows and an XID follow in the same transaction
-                    # DDL commits implicitly: a transaction of its own.
-                    txn_pos, txn_rows = None, False
-                    gtid_state.commit(txn_gtid)
-                    txn_gtid, gtid_json = None, b"null"
-                    resume = BinlogPoint(file, ev.packet.log_pos, gtid_state.text)
-                    if snap:
-                        self._push()
-                        raise _NeedSnapshot(snap, resume)
-                    self._commit(resume)
-                    if inc.busy:
-                        self._incremental(fi, ev.packet.log_pos)
-                    emit_batch = self._batch
-                elif cls is RotateEvent:
-                    if ev.timestamp:
-                        maps.clear()  # a real rotation may follow a server restart, which reuses table ids
-                    file = ev.next_binlog
-                    fi = file_index(file)
-                    file_json = dumps(file)
-                    stats.position = f"{file}:{ev.position}"
-                elif cls is HeartbeatLogEvent:
-                    if txn_pos is None:
-                        stats.event_ts = None  # the server sends heartbeats only when it has nothing else to send
-                        self._push()
-                        if inc.busy:
-                            # The binlog's end: an idle server shows incremental chunks their point this way.
-                            self._incremental(file_index(ev.ident) if ev.ident else fi, ev.packet.log_pos)
-                        emit_batch = self._batch
-                elif cls is NotImplementedEvent:
-                    et = ev.event_type
-                    if et in COMPRESSED_EVENTS:
-                        raise TerminalError(
-                            f"MySQL at {cfg.where}: the binlog holds a compressed event ({COMPRESSED_EVENTS[et]}) at "
-                            f"{file}:{ev.packet.log_pos - ev.packet.event_size}, which cannot be decoded; refusing to skip it. "
-                            "Turn compression off on the server, then take a new snapshot (docs/mysql.md: delete the state topic "
-                            f"<prefix>.{cfg.name}.__state and restart the source)")
-                    if et == ANONYMOUS_GTID_EVENT:
-                        txn_pos = ev.packet.log_pos - ev.packet.event_size
-                        if inc.busy:
-                            self._incremental(fi, txn_pos)
-                            emit_batch = self._batch
-                elif cls is XAPrepareEvent:
-                    if txn_rows:
-                        raise TerminalError(f"MySQL at {cfg.where}: an XA transaction changed captured tables ({file}:{ev.packet.log_pos}); "
-                                            "XA transactions are not supported (their rows are logged at XA PREPARE, before the outcome)")
-                    txn_pos, txn_rows, txn_gtid, gtid_json = None, False, None, b"null"
-                elif cls is PartialUpdateRowsEvent:
-                    if maps.get(ev.table_id) is not None:
-                        raise TerminalError(f"MySQL at {cfg.where}: partial JSON updates (binlog_row_value_options=PARTIAL_JSON) "
-                                            "cannot be applied; set binlog_row_value_options=''")
-            if not stop.is_set():
-                raise ConnectionFailed(f"MySQL at {cfg.where} ended the binlog stream (server shutting down?) at {file}")
-        finally:
-            stream.close()
-            inc.close()
+        convert = events.read_events(info, events.point_source(info, self.server.server_id, point, b"true"), self._boolean)
+        return lambda index, first, rows: convert(rows, events.snapshot_positions(point, (index << 32) + first + 1, len(rows)))
 
     # --- incremental snapshots ---------------------------------------------------------------------
 
@@ -805,8 +307,8 @@ class Reader(threading.Thread):
             try:
                 chunk = inc.read(job)
             except incremental.JobError as e:
-                self._batch.append(inc.stopped(job, str(e)))
-                self._push()
+                self.handover.batch.append(inc.stopped(job, str(e)))
+                self.handover.push()
                 continue
             if chunk is None:
                 return  # a DDL raced the read: again at the next boundary
@@ -819,216 +321,14 @@ class Reader(threading.Thread):
 
     def _publish_incremental_chunk(self, chunk: incremental.Chunk) -> None:
         """Hand a chunk's events over, then the item that records the job's progress once they are acknowledged."""
-        self._announce(chunk.info)
-        batch = self._batch
+        out = self.handover
+        out.announce(chunk.info)
         for event in chunk.events:
-            batch.append(event)
-            if len(batch) >= BATCH_ITEMS:
-                self._push()
-                batch = self._batch
-        self._count(chunk.info, "r", len(chunk.events))
-        self._batch.append(self.incremental.published(chunk))
-        self._push()
-
-    def _commit(self, resume: BinlogPoint) -> None:
-        self.stats.position = f"{resume.file}:{resume.pos}"
-        self._batch.append(Commit(resume, self._tables_now()))
-        # Hand over at once when the asyncio side is idle (low latency); otherwise keep filling.
-        if len(self._batch) >= BATCH_ITEMS or self.out.empty() or time.monotonic() - self._last_push > 0.1:
-            self._push()
-
-    def _table_from_map(self, ev: TableMapEvent, pos: bytes) -> TableInfo:
-        entry = self.history.at(ev.schema, ev.table, pos)
-        signature = (ev.schema, ev.table, id(entry), bytes(ev.null_bitmask), tuple(ev.optional_metadata.simple_primary_key_list),
-                     tuple((c.name, c.type, c.unsigned, tables._meta(c), getattr(c, "character_set_name", None)) for c in ev.columns))
-        info = self._infos.get(signature)
-        if info is None:
-            info = tables.from_table_map(self.cfg.name, self.prefix, ev.schema, ev.table, ev.columns, ev.null_bitmask,
-                                         list(ev.optional_metadata.simple_primary_key_list), entry, self._boolean)
-            self._infos[signature] = info
-        self._announce(info)
-        return info
-
-    # --- DDL --------------------------------------------------------------------------------------
-
-    def _info_for(self, db: str, table: str, pos: bytes) -> TableInfo | None:
-        """The table as it was right before `pos` (for a `t` event: also when replaying its DROP)."""
-        entry = self.history.at(db, table, pos)
-        if entry is not None and not entry.columns:
-            entry = self.history.before(db, table, entry.pos)
-        if entry is None or not entry.columns:
-            return None
-        return tables.from_entry(self.cfg.name, self.prefix, entry, self._boolean)
-
-    def _truncate(self, db: str, table: str, pos: bytes, server_id: int, ts_ms: int, gtid_json: bytes, file_json: bytes, ev_start: int) -> None:
-        info = self._info_for(db, table, pos)
-        if info is None:
-            return
-        self._announce(info)
-        src = info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"false","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-            server_id, ts_ms, gtid_json, file_json, ev_start)
-        self._batch.append((info.topic, TRUNCATE_KEY, b'{"before":null,"after":null,"source":%b,"op":"t","ts_ms":%d}' % (src, int(time.time() * 1000)),
-                            [(POSITION_HEADER, pos), (SCHEMA_HEADER, info.schema_id)]))
-        self._count(info, "t", 1)
-
-    def _read_entry(self, db: str, table: str, pos: bytes, ddl: str, end: tuple[str, int] | None) -> None:
-        """Record the table's definition (information_schema now) at the DDL's position, once. `end`:
-        the binlog position right after the DDL; the entry is exact when the binlog still ends there
-        after the read (no later statement can have changed the table)."""
-        if self.history.has(db, table, pos):
-            return
-        assert self._meta is not None
-        self._meta.ping(reconnect=True)
-        found = catalog.table_defs(self._meta, db, table)
-        exact = end is not None and not self._later_ddl(db, table, end)
-        if found is None:
-            self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl, exact=exact))
-        else:
-            self._record(HistoryEntry(db, table, pos, self.history.epoch, tuple(found[0]), tuple(found[1]), ddl=ddl, exact=exact))
-
-    LOOKAHEAD_EVENTS = 5000
-
-    def _later_ddl(self, db: str, table: str, end: tuple[str, int]) -> bool:
-        """Whether the binlog after `end` (file, position) may hold another DDL of the table, which
-        information_schema (read just before) would already show. True when unsure: the binlog
-        rotated meanwhile, or more than LOOKAHEAD_EVENTS events followed."""
-        assert self._meta is not None
-        now = catalog.binlog_end(self._meta)
-        if now == end:
-            return False
-        if now[0] != end[0]:
-            return True
-        try:
-            rows = catalog.query(self._meta, f"SHOW BINLOG EVENTS IN %s FROM %s LIMIT {self.LOOKAHEAD_EVENTS}", (end[0], end[1]))
-        except pymysql.err.MySQLError as e:
-            log.warning("source %s: cannot look at the binlog after a DDL of %s.%s (%s); judging the DDL by its statement",
-                        self.cfg.name, db, table, e)
-            return True
-        last = end[1]
-        for _log, _pos, kind, _sid, end_pos, info in rows:
-            last = int(end_pos)
-            if int(_pos) >= now[1]:
-                return False
-            if kind != "Query" or not info:
-                continue
-            text, default_db = str(info), ""
-            if m := _USE.match(text):
-                default_db, text = m.group(1).replace("``", "`"), text[m.end():]
-            ddl = parse_ddl(text, default_db)
-            if ddl is None or ddl.kind in ("dml", "other"):
-                continue
-            if (db, table) in ddl.tables or ddl.kind == "drop_database" and ddl.database == db:
-                return True
-        return last < now[1] and len(rows) >= self.LOOKAHEAD_EVENTS
-
-    def _drop(self, db: str, table: str, pos: bytes, ddl: str, *args: Any) -> None:
-        name = f"{db}.{table}"
-        if name in self._tables:
-            # The table is gone at the source: the lake's mirror becomes empty.
-            self._truncate(db, table, pos, *args)
-            self._set_table(name, None)
-        if catalog.matches(self.cfg.tables, db, table) and not self.history.has(db, table, pos):
-            self._record(HistoryEntry(db, table, pos, self.history.epoch, dropped=True, ddl=ddl))
-
-    def _ddl(self, ddl: Any, sql: str, pos: bytes, server_id: int, ts_ms: int, gtid_json: bytes, file_json: bytes,
-             ev_start: int, end: tuple[str, int] | None = None) -> list[tuple[str, str]]:
-        """Apply a statement to the history and the lake; returns tables that need a snapshot."""
-        patterns = self.cfg.tables
-        args = (server_id, ts_ms, gtid_json, file_json, ev_start)
-        captured = [t for t in ddl.tables if catalog.matches(patterns, *t)]
-        need: list[tuple[str, str]] = []
-        if ddl.kind == "dml":
-            if captured:
-                raise TerminalError(f"MySQL at {self.cfg.where}: a statement-based change to {captured[0][0]}.{captured[0][1]} is in the "
-                                    f"binlog ({sql[:120]!r}); rows can only be captured from row-based events. Make sure every session "
-                                    "uses binlog_format=ROW, then re-snapshot")
-            return need
-        if ddl.kind in ("alter", "create"):
-            for db, table in captured:
-                self._read_entry(db, table, pos, sql, end)
-                name = f"{db}.{table}"
-                if ddl.kind == "create":
-                    if name not in self._tables:
-                        self._set_table(name, pos)  # new and empty: its rows follow in the binlog
-                elif not self._snapshotted_since(name, pos):
-                    why = rewrites_rows(self.history.before(db, table, pos), self.history.at(db, table, pos), sql)
-                    if why:
-                        # Also with `snapshot: never`, which skips the first copy of a table, not this repair.
-                        log.info("source %s: %s.%s: %s without row events; reading the table again", self.cfg.name, db, table, why)
-                        need.append((db, table))
-        elif ddl.kind == "truncate":
-            for db, table in captured:
-                self._truncate(db, table, pos, *args)
-        elif ddl.kind == "drop":
-            for db, table in ddl.tables:
-                self._drop(db, table, pos, sql, *args)
-        elif ddl.kind == "drop_database":
-            for name in sorted(self._tables):
-                db, table = name.split(".", 1)
-                if db == ddl.database:
-                    self._drop(db, table, pos, sql, *args)
-        elif ddl.kind == "rename":
-            pairs = list(zip(ddl.tables[0::2], ddl.tables[1::2]))
-            for old, new in pairs:
-                self._drop(*old, pos, sql, *args)
-                if catalog.matches(patterns, *new):
-                    self._read_entry(*new, pos, sql, end)
-                    # The renamed table brings rows the binlog never showed under this name: snapshot it.
-                    name = f"{new[0]}.{new[1]}"
-                    if not self._snapshotted_since(name, pos):
-                        need.append(new)
-        if need:
-            # Rows of these tables between this statement and the snapshot's point are in the snapshot;
-            # sinks drop their stream events (lower positions than the snapshot's).
-            log.info("source %s: %s makes %s appear; snapshotting", self.cfg.name, ddl.kind, ", ".join(f"{d}.{t}" for d, t in need))
-        return need
-
-
-class _GtidState:
-    """The GTID position after the last committed transaction: MariaDB's `domain-server-seq` per
-    domain, or MySQL's executed GTID set."""
-
-    def __init__(self, text: str, mariadb: bool):
-        self.mariadb = mariadb
-        self.text = text
-        self._domains: dict[int, str] = {}
-        self._set: GtidSet | None = None
-        if mariadb:
-            for part in filter(None, (x.strip() for x in text.split(","))):
-                self._domains[int(part.split("-", 1)[0])] = part
-        elif text:
-            self._set = GtidSet(text)
-
-    def commit(self, gtid: str | None) -> None:
-        if not gtid:
-            return
-        if self.mariadb:
-            self._domains[int(gtid.split("-", 1)[0])] = gtid
-            self.text = ",".join(self._domains[d] for d in sorted(self._domains))
-        else:
-            if self._set is None:
-                self._set = GtidSet(None)
-            self._set.merge_gtid(Gtid(gtid))
-            self.text = str(self._set)
-
-
-def _classify(e: BaseException, cfg: MySQLSourceConfig) -> BaseException:
-    """Library and driver errors -> Lakeward's (terminal: a person must act; transient: retried)."""
-    if isinstance(e, (TerminalError, TransientError)):
-        return e
-    if isinstance(e, pymysql.err.OperationalError) and e.args:
-        code, msg = e.args[0], str(e.args[-1])
-        if code == catalog.ER_MASTER_FATAL_READING_BINLOG:
-            return SourceSetupError(
-                f"MySQL at {cfg.where} cannot send the binlog from the source's resume position: {msg}. If the binlog "
-                f"was purged, the changes in between are lost to Lakeward: stop the source, delete its state topic "
-                f"(<prefix>.{cfg.name}.__state) and start it again to take a new snapshot (docs/mysql.md)")
-        if code == 1412:  # ER_TABLE_DEF_CHANGED
-            return TransientError(f"MySQL at {cfg.where}: a table changed while it was being snapshotted ({msg}); retrying the snapshot")
-        return ConnectionFailed(f"MySQL at {cfg.where}: {msg} (error {code})")
-    if isinstance(e, (pymysql.err.InterfaceError, ConnectionError, OSError)):
-        return ConnectionFailed(f"MySQL at {cfg.where}: connection lost ({e.__class__.__name__}: {e})")
-    return e
+            out.batch.append(event)
+            out.full_check()
+        self.handover.count(chunk.info, "r", len(chunk.events))
+        self.handover.batch.append(self.incremental.published(chunk))
+        self.handover.push()
 
 
 def new_epoch() -> str:

@@ -36,10 +36,10 @@ ER_MASTER_FATAL_READING_BINLOG = 1236
 def connect(cfg: MySQLSourceConfig, *, snapshot: bool = False, **extra: Any) -> pymysql.Connection:
     """A connection with UTC session time (TIMESTAMP values come out in UTC) and utf8mb4; `snapshot`
     connections keep temporal and decimal values as the server's text (types.SNAPSHOT_CONV)."""
-    kw: dict[str, Any] = dict(
-        host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password or "", charset="utf8mb4",
-        connect_timeout=cfg.connect_timeout_s, autocommit=True, init_command="SET time_zone = '+00:00'",
-    )
+    kw: dict[str, Any] = {
+        "host": cfg.host, "port": cfg.port, "user": cfg.user, "password": cfg.password or "", "charset": "utf8mb4",
+        "connect_timeout": cfg.connect_timeout_s, "autocommit": True, "init_command": "SET time_zone = '+00:00'",
+    }
     if snapshot:
         kw["conv"] = SNAPSHOT_CONV
     kw.update(extra)
@@ -50,7 +50,8 @@ def connect(cfg: MySQLSourceConfig, *, snapshot: bool = False, **extra: Any) -> 
         if code in (ER_ACCESS_DENIED, ER_DBACCESS_DENIED):
             raise SourceSetupError(f"MySQL at {cfg.where} rejected the login of user {cfg.user!r}: {e.args[1]}; "
                                    "check `user` and `password` of the source") from None
-        raise ConnectionFailed(f"cannot reach MySQL at {cfg.where}: {e.args[-1]}") from None
+        raise ConnectionFailed(f"cannot reach MySQL at {cfg.where}: {e.args[-1]}; check `host` and `port` of the source and that "
+                               "the server is running there") from None
 
 
 def query(conn: pymysql.Connection, sql: str, args: Any = None) -> list[tuple]:

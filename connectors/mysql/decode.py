@@ -453,7 +453,7 @@ def compile_image(plans: list[ColumnPlan], present: list[bool]) -> Callable[[byt
         lines.append("    nulls = data[p]; p += 1")
     else:
         lines.append(f"    nulls = _from_bytes(data[p:p + {nbytes}], 'little'); p += {nbytes}")
-    for k, (i, plan) in enumerate(cols):
+    for k, (_, plan) in enumerate(cols):
         lines.append(f"    if nulls & {1 << k}:")
         lines.append(f"        c{k} = None")
         lines.append("    else:")

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 import pymysql
 
-from lakeward.connectors.mysql import catalog, tables
+from lakeward.connectors.mysql import catalog, events, tables
 from lakeward.connectors.mysql.catalog import Server, quote
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import Ddl, HistoryEntry
@@ -36,7 +34,7 @@ from lakeward.connectors.mysql.snapshot import key_from_json as decode_key
 from lakeward.connectors.mysql.snapshot import key_to_json as encode_key
 from lakeward.connectors.mysql.tables import TableInfo
 from lakeward.connectors.mysql.types import ColumnDef, snapshot_expr
-from lakeward.core.events import POSITION_HEADER, SCHEMA_HEADER, Position
+from lakeward.core.events import Position
 from lakeward.core.snapshot import IncrementalJob
 
 log = logging.getLogger(__name__)
@@ -302,21 +300,5 @@ class Jobs:
 
     def _events(self, info: TableInfo, point: BinlogPoint, rows: list[tuple]) -> list[tuple]:
         """The chunk's `r` events, converted like snapshot rows (same values as the stream's)."""
-        now = int(time.time() * 1000)
-        src = info.source_head + b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":0}' % (
-            self.server.server_id, now, SOURCE_SNAPSHOT, orjson.dumps(point.gtid or None), orjson.dumps(point.file), point.pos)
-        names = [d.name for d in info.defs]
-        convs = info.snapshot_converters(self.boolean)
-        key, dumps, topic, sid = info.key, orjson.dumps, info.topic, info.schema_id
-        fi, pos, seq = point.file_index, point.pos, INCREMENTAL_SEQUENCE_BASE + self.counter
-        out = []
-        for n, values in enumerate(rows):
-            if convs:
-                values = list(values)
-                for i, conv in convs:
-                    if values[i] is not None:
-                        values[i] = conv(values[i])
-            row = dict(zip(names, values))
-            out.append((topic, key(row), b'{"before":null,"after":%b,"source":%b,"op":"r","ts_ms":%d}' % (dumps(row), src, now),
-                        [(POSITION_HEADER, Position.mysql(fi, pos, Position.SNAPSHOT, seq, n + 1)), (SCHEMA_HEADER, sid)]))
-        return out
+        convert = events.read_events(info, events.point_source(info, self.server.server_id, point, SOURCE_SNAPSHOT), self.boolean)
+        return convert(rows, events.row_positions(point, INCREMENTAL_SEQUENCE_BASE + self.counter, len(rows)))

@@ -295,32 +295,6 @@ def chunk_query(db: str, table: str, defs: list[ColumnDef], pk: tuple[str, ...],
     return sql + " ORDER BY " + ", ".join(quote(k) for k in pk), args
 
 
-def read_table(conn: pymysql.Connection, db: str, table: str, defs: list[ColumnDef], pk: tuple[str, ...],
-               chunk_rows: int) -> Iterator[list[tuple]]:
-    """The table's rows in chunks of at most `chunk_rows`, in primary-key order when it has one
-    (keyset pagination on one connection)."""
-    if not pk:
-        with conn.cursor(pymysql.cursors.SSCursor) as cur:
-            cur.execute(chunk_query(db, table, defs, pk, None, None)[0])
-            while rows := cur.fetchmany(chunk_rows):
-                yield list(rows)
-        return
-    names = [d.name for d in defs]
-    key_at = [names.index(k) for k in pk]
-    last: tuple | None = None
-    with conn.cursor() as cur:
-        while True:
-            sql, args = chunk_query(db, table, defs, pk, last, None)
-            cur.execute(f"{sql} LIMIT {int(chunk_rows)}", args)
-            rows = cur.fetchall()
-            if not rows:
-                return
-            yield list(rows)
-            if len(rows) < chunk_rows:
-                return
-            last = tuple(rows[-1][i] for i in key_at)
-
-
 # --- reading chunks in parallel -----------------------------------------------------------------
 
 

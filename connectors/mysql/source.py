@@ -28,22 +28,20 @@ import orjson
 import pymysql
 
 from lakeward.connectors.mysql import catalog
-from lakeward.connectors.mysql.binlog import (
+from lakeward.connectors.mysql.binlog import Plan, Reader, new_epoch
+from lakeward.connectors.mysql.catalog import Server
+from lakeward.connectors.mysql.config import MySQLSourceConfig
+from lakeward.connectors.mysql.handover import (
     FINISHED,
     Announce,
     ChunkDone,
     Commit,
     Failed,
     History,
-    Plan,
-    Reader,
     SnapshotBegin,
     SnapshotDone,
     TableDone,
-    new_epoch,
 )
-from lakeward.connectors.mysql.catalog import Server
-from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.history import SchemaHistory
 from lakeward.connectors.mysql.incremental import ChunkPublished, JobStopped
 from lakeward.connectors.mysql.snapshot import BinlogPoint, ChunkProgress
@@ -57,7 +55,7 @@ from lakeward.core.snapshot import (
     SnapshotRequest,
     TableProgress,
 )
-from lakeward.core.source import Source
+from lakeward.core.source import Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +126,11 @@ class MySQLSource(Source):
     # --- public contract ---------------------------------------------------------------------
 
     async def check(self) -> None:
+        # The database first, so that its problems show also when the broker (with the state) is down.
+        await asyncio.to_thread(self._check_blocking, None)
         state = await self._read_state()
-        await asyncio.to_thread(self._check_blocking, state)
+        if state is not None and state.resume is not None:
+            await asyncio.to_thread(self._check_blocking, state)
 
     def _check_blocking(self, state: SourceState | None) -> tuple[Server, list[tuple[str, str]]]:
         cfg = self.config
@@ -156,61 +157,43 @@ class MySQLSource(Source):
         finally:
             conn.close()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> SourceStatus:
         cfg = self.config
         state = await self._read_state()
         jobs = state.jobs if state is not None else []
 
-        def lag() -> dict[str, Any]:
+        def read_server() -> tuple[tuple[str, int, str | None], list[tuple], dict[str, int | None]]:
             conn = catalog.connect(cfg)
             try:
-                server = catalog.server_info(conn)
-                file, pos, gtid = catalog.master_status(conn, server)
-                sizes = catalog.query(conn, "SHOW BINARY LOGS")
-                estimates = {j.table: catalog.row_estimate(conn, *j.table.split(".", 1)) for j in jobs}
+                end = catalog.master_status(conn, catalog.server_info(conn))
+                return end, catalog.query(conn, "SHOW BINARY LOGS"), {j.table: catalog.row_estimate(conn, *j.table.split(".", 1)) for j in jobs}
             finally:
                 conn.close()
-            out: dict[str, Any] = {"binlog_end": f"{file}:{pos}", "gtid_end": gtid,
-                                   "snapshot": [j.progress(estimates.get(j.table)).to_dict() for j in jobs]}
-            if state and state.resume:
-                out["lag_bytes"] = bytes_behind(sizes, state.resume.file, state.resume.pos)
-            return out
 
-        info: dict[str, Any] = {"source": cfg.name, "type": "mysql", "slot": f"binlog (server_id {cfg.effective_server_id})",
-                                "exists": state is not None}
+        (file, pos, gtid), sizes, estimates = await asyncio.to_thread(read_server)
+        status = SourceStatus(cfg.name, cfg.type, f"binlog, server_id {cfg.effective_server_id}", exists=state is not None)
         if state is not None:
-            info.update(confirmed_flush_lsn=f"{state.resume.file}:{state.resume.pos}" if state.resume else None,
-                        gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
-                        snapshot_done=state.snapshot_done, active=self.reader is not None and self.reader.is_alive())
-            info["snapshot"] = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
-                                for t, p in sorted(state.progress.items())]
+            status.active = self.reader is not None and self.reader.is_alive()
+            if state.resume is not None:
+                status.confirmed = f"{state.resume.file}:{state.resume.pos}"
+                status.lag_bytes = bytes_behind(sizes, state.resume.file, state.resume.pos)
+            status.details.update(gtid=state.resume.gtid if state.resume else None, tables=sorted(state.tables),
+                                  snapshot_done=state.snapshot_done)
+            status.snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks)
+                               for t, p in sorted(state.progress.items())]
         if self.reader is not None and self.reader.is_alive():
             st = self.reader.stats
-            info.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
-                        events_published=self.events_published)
-        lagging = await asyncio.to_thread(lag)
-        info.setdefault("snapshot", []).extend(lagging.pop("snapshot"))
-        info.update(lagging)
-        return info
+            status.details.update(reader_position=st.position, rows_decoded=st.rows_decoded, transactions=st.transactions,
+                                  events_published=self.events_published)
+        status.details.update(binlog_end=f"{file}:{pos}", gtid_end=gtid)
+        status.snapshot += [j.progress(estimates.get(j.table)) for j in jobs]
+        return status
 
     async def run(self, stop: asyncio.Event) -> None:
-        health = metrics.HEALTH.worker("source", self.config.name)
-        producer = kafka.producer(self.broker)
-        await kafka.start_client(producer, self.broker)
-        try:
-            async with kafka.Admin(self.broker) as admin, metrics.background(
-                metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
-                metrics.watch(health, "database", self._poll_lag, what=f"MySQL at {self.config.where}", interval_s=metrics.LAG_POLL_S),
-            ):
-                health.ok("broker")
-                self._producer, self._admin = producer, admin
-                self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
-                self._schemas = kafka.SchemaPublisher(self.broker, self.config.name, producer, admin)
-                await admin.ensure_topic(self.state.name, compact=True)
-                await admin.ensure_topic(self.history_topic, compact=True)
-                await self._run(stop)
-        finally:
-            await producer.stop()
+        async with self.broker_session(compact_topics=[self.state.name, self.history_topic], on_acked=self._metrics.published,
+                                       database=f"MySQL at {self.config.where}", poll_database=self._poll_lag) as session:
+            self._producer, self._admin, self._publisher, self._schemas = session.producer, session.admin, session.publisher, session.schemas
+            await self._run(stop)
 
     async def _poll_lag(self) -> None:
         """lakeward_source_lag_bytes: binlog bytes after the stored resume position (SHOW BINARY LOGS, in a
@@ -291,7 +274,7 @@ class MySQLSource(Source):
         publisher = self._publisher
         append = publisher.append
         send_open = publisher.send_open
-        out = reader.out
+        out = reader.handover.queue
         pending: Commit | None = None
         last_checkpoint = last_signals = time.monotonic()
         stopping = False

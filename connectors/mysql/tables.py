@@ -51,7 +51,7 @@ class TableInfo:
     pk: tuple[str, ...]
     plans: list[ColumnPlan] | None = None
     """Binlog decoding plans (stream only)."""
-    source_head: bytes = b""
+    source_fixed: bytes = b""
     """The envelope's `source` object up to its per-event fields: `{"version":...,"table":"t"`."""
     _images: dict[bytes, Callable] = field(default_factory=dict)
     key: Callable[[dict], bytes] = field(init=False)
@@ -67,6 +67,12 @@ class TableInfo:
             assert self.plans is not None
             fn = self._images[present] = compile_image(self.plans, bitmap(present, len(self.plans)))
         return fn
+
+    def source_head(self, server_id: int, ts_ms: int, snapshot: bytes, gtid_json: bytes, file_json: bytes, pos: int) -> bytes:
+        """The envelope's `source` up to the value of `row`, its last field (core.events.ENVELOPE appends
+        it): the bytes core.events.source_head makes of the whole `source`, without building a dict per
+        rows event. `gtid_json`, `file_json`: the GTID (or null) and the binlog file name as JSON."""
+        return self.source_fixed + _SOURCE_EVENT_FIELDS % (server_id, ts_ms, snapshot, gtid_json, file_json, pos)
 
     def snapshot_converters(self, tinyint1_as_boolean: bool) -> list[tuple[int, Callable]]:
         return [(i, conv) for i, d in enumerate(self.defs) if (conv := snapshot_converter(d, tinyint1_as_boolean)) is not None]
@@ -87,15 +93,18 @@ def _schema(source: str, db: str, table: str, defs: list[ColumnDef], pk: tuple[s
     return TableSchema(source, db, table, cols, pk)
 
 
-def _source_head(source: str, db: str, table: str) -> bytes:
+def _source_fixed(source: str, db: str, table: str) -> bytes:
     head = orjson.dumps({"version": VERSION, "connector": "mysql", "name": source, "db": db, "table": table})
     return head[:-1]
+
+
+_SOURCE_EVENT_FIELDS = b',"server_id":%d,"ts_ms":%d,"snapshot":"%b","gtid":%b,"file":%b,"pos":%d,"row":'
 
 
 def from_entry(source: str, prefix: str, entry: HistoryEntry, boolean: bool) -> TableInfo:
     schema = _schema(source, entry.db, entry.table, list(entry.columns), entry.pk, boolean)
     return TableInfo(entry.db, entry.table, schema, table_topic(prefix, source, entry.db, entry.table), schema.id.encode(),
-                     list(entry.columns), entry.pk, None, _source_head(source, entry.db, entry.table))
+                     list(entry.columns), entry.pk, None, _source_fixed(source, entry.db, entry.table))
 
 
 def _meta(c: Any) -> tuple:
@@ -138,7 +147,7 @@ def from_table_map(source: str, prefix: str, db: str, table: str, lib_columns: l
             raise SourceSetupError(f"{db}.{table}: column {c.name!r} uses character set {c.character_set_name!r}, "
                                    "which Python cannot decode; convert the column to utf8mb4") from None
         meta = _meta(c)
-        if d is hint and c.type in (F.ENUM, F.SET):
+        if hint is not None and d is hint and c.type in (F.ENUM, F.SET):
             meta = (meta[0], tuple(enum_members(d.column_type)))  # the members as information_schema spells them
         defs.append(d)
         plans.append(ColumnPlan(c.name, c.type, bool(c.unsigned), meta, codec, d, lake_type(d, boolean)))
@@ -150,7 +159,7 @@ def from_table_map(source: str, prefix: str, db: str, table: str, lib_columns: l
         pk = entry.pk
     schema = _schema(source, db, table, defs, pk, boolean)
     info = TableInfo(db, table, schema, table_topic(prefix, source, db, table), schema.id.encode(), defs, pk, plans,
-                     _source_head(source, db, table))
+                     _source_fixed(source, db, table))
     # Fail now, naming the column, rather than on the first row.
     try:
         info.image(b"\xff" * ((len(plans) + 7) // 8))

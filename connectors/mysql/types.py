@@ -343,7 +343,7 @@ def matches_binlog(col: ColumnDef, lib_col: Any) -> bool:
         members = lib_col.enum_values[1:] if code == F.ENUM else lib_col.set_values
         # pymysqlreplication decodes members as UTF-8 and leaves "" where that fails (latin1 members).
         mine = enum_members(col.column_type)
-        if members is not None and (len(members) != len(mine) or any(b not in ("", h) for b, h in zip(members, mine))):
+        if members is not None and (len(members) != len(mine) or any(b not in ("", h) for b, h in zip(members, mine, strict=False))):
             return False
     return True
 

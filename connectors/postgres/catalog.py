@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import time
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -38,7 +39,7 @@ def drop_slot(conn: psycopg.Connection, slot: str, *, wait_s: float = 5.0) -> No
 
 
 async def connect(dsn: str, *, replication: bool = False) -> psycopg.AsyncConnection:
-    kwargs = {"replication": "database"} if replication else {}
+    kwargs: dict[str, Any] = {"replication": "database"} if replication else {}
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=SESSION_OPTIONS, application_name="lakeward", **kwargs)
     except psycopg.OperationalError as e:
@@ -52,7 +53,8 @@ async def connect(dsn: str, *, replication: bool = False) -> psycopg.AsyncConnec
             raise SourceSetupError(f"PostgreSQL at {describe_dsn(dsn)} rejected the login: {mask_text(reason)}") from None
         if "database" in str(e) and "does not exist" in str(e):
             raise SourceSetupError(f"PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}; check the dbname in the source dsn") from None
-        raise ConnectionFailed(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}") from None
+        raise ConnectionFailed(f"cannot reach PostgreSQL at {describe_dsn(dsn)}: {mask_text(reason)}; check the source's `dsn` "
+                               "and that PostgreSQL is running there") from None
 
 
 async def check_setup(conn: psycopg.AsyncConnection, dsn: str) -> None:

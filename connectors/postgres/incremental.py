@@ -204,7 +204,7 @@ def chunk_query(schema: str, table: str, columns: list[str], key: list[str], key
 def job_failed(exc: BaseException) -> bool:
     """Whether a chunk's read error stops its job (see _JOB_SQLSTATE_CLASSES)."""
     state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, psycopg.Error) and bool(state) and state[:2] in _JOB_SQLSTATE_CLASSES
+    return isinstance(exc, psycopg.Error) and isinstance(state, str) and state[:2] in _JOB_SQLSTATE_CLASSES
 
 
 # --- the engine ---------------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ class IncrementalSnapshots:
                 t = await src._table(conn, relid, schema, table, columns)
                 if not t.pk:
                     raise psycopg.errors.FeatureNotSupported(f"table {job.table} has no primary key any more")
-                types = dict(((n, (o, m)) for n, o, m in columns))
+                types = {n: (o, m) for n, o, m in columns}
                 await catalog.format_types(conn, [types[k] for k in t.pk], self._key_types)
                 sql = chunk_query(schema, table, [n for n, _, _ in columns], t.pk, [self._key_types[types[k]] for k in t.pk],
                                   after=job.after is not None, where=job.where, limit=limit)

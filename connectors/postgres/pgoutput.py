@@ -5,8 +5,8 @@ pgoutput decoder either), so this is written by hand from the protocol docs:
 https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html
 
 Decoding is kept to plain tuples and struct calls: it runs once per row change, so it is the hot path.
-The source decodes row changes with `decode_row` (tuple data straight into a converted row, from an
-offset into the received buffer) and everything else with `decode`.
+The source decodes row changes with `decode_insert`, `decode_update` and `decode_delete` (tuple data
+straight into converted rows, from an offset into the received buffer) and everything else with `decode`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ _BEGIN = struct.Struct(">QqI")  # xid: an unsigned 32-bit TransactionId
 _COMMIT = struct.Struct(">bQQq")
 _REL_HEAD = struct.Struct(">I")
 _COL_TAIL = struct.Struct(">Ii")
+
+INSERT, UPDATE, DELETE = 73, 85, 68
+"""Tags ('I', 'U', 'D') of the row change messages: the first byte of a message."""
+_KEY, _OLD = 75, 79  # 'K' (the old row's key columns), 'O' (the whole old row)
 
 UNCHANGED = object()
 """Marks an unchanged TOASTed value: PostgreSQL did not send it; the lake must keep the stored one."""
@@ -179,10 +183,46 @@ def decode_row(buf: bytes, pos: int, columns: list[tuple[str, Callable[[str], ob
     return row, pos
 
 
+def change_relid(buf: bytes, pos: int) -> int:
+    """The relation id of the Insert, Update or Delete message whose tag is at `pos`."""
+    return _U32.unpack_from(buf, pos + 1)[0]
+
+
+def _before(old: dict, kind: int, key: list[str]) -> dict:
+    """The event's `before` from an old tuple: its key columns for 'K' (the rest are nulls PostgreSQL
+    did not send), the whole row for 'O' or when the table has no primary key (a replica identity index)."""
+    return old if kind == _OLD or not key else {k: old.get(k) for k in key}
+
+
+def decode_insert(buf: bytes, pos: int, columns: list[tuple[str, Callable[[str], object]]]) -> dict:
+    """The new row of the Insert message at `pos`: tag, relid (4), 'N', new tuple."""
+    return decode_row(buf, pos + 6, columns)[0]
+
+
+def decode_update(buf: bytes, pos: int, columns: list[tuple[str, Callable[[str], object]]], key: list[str]) -> tuple[dict | None, dict]:
+    """(before, after) of the Update message at `pos`: tag, relid (4), ['K' | 'O', old tuple], 'N', new tuple.
+    `before` is None when no old tuple came (REPLICA IDENTITY DEFAULT, key unchanged), else as `_before`;
+    an unchanged TOASTed value of `after` is taken from `before` when that has the column."""
+    pos += 5
+    kind = buf[pos]
+    before = None
+    if kind == _KEY or kind == _OLD:
+        old, pos = decode_row(buf, pos + 1, columns)
+        before = _before(old, kind, key)
+    after, _ = decode_row(buf, pos + 1, columns, before)
+    return before, after
+
+
+def decode_delete(buf: bytes, pos: int, columns: list[tuple[str, Callable[[str], object]]], key: list[str]) -> dict:
+    """The event's `before` of the Delete message at `pos`: tag, relid (4), 'K' | 'O', old tuple (see `_before`)."""
+    kind = buf[pos + 5]
+    return _before(decode_row(buf, pos + 6, columns)[0], kind, key)
+
+
 def convert_row(values: list, columns: list[tuple[str, Callable[[str], object]]], base: dict | None = None) -> dict:
     """Values as `_tuple` returns them -> a row, with the rules of `decode_row`."""
     row: dict = {}
-    for (name, conv), v in zip(columns, values):
+    for (name, conv), v in zip(columns, values, strict=False):
         if v is None:
             row[name] = None
         elif v is UNCHANGED:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -19,7 +20,6 @@ from lakeward.connectors.postgres.pgoutput import PG_EPOCH_US
 from lakeward.core.errors import ConnectionFailed, SourceSetupError
 from lakeward.core.events import lsn_to_str, str_to_lsn
 
-_XLOG = struct.Struct(">QQQ")
 _KEEPALIVE = struct.Struct(">QQB")
 _STATUS = struct.Struct(">cQQQqB")
 _U64 = struct.Struct(">Q")
@@ -28,13 +28,6 @@ XLOG_PAYLOAD = 25
 """Where the pgoutput message starts in an XLogData buffer: after `w`, walStart, walEnd, sendTime."""
 READ_BATCH_MAX = 10_000
 _STREAM_KINDS = (119, 107)  # 'w' XLogData, 'k' keepalive; anything else in the stream is skipped
-
-
-@dataclass(slots=True)
-class XLogData:
-    wal_start: int
-    wal_end: int
-    payload: bytes
 
 
 @dataclass(slots=True)
@@ -125,9 +118,6 @@ class ReplicationConnection:
         assert row is not None
         return CreatedSlot(row[0], str_to_lsn(row[1]), row[2])
 
-    async def drop_slot(self, slot: str) -> None:
-        await self.conn.execute(f"DROP_REPLICATION_SLOT {slot} WAIT")
-
     async def start(self, slot: str, lsn: int, publication: str, *, messages: bool = False) -> None:
         """`messages`: also stream logical decoding messages (pg_logical_emit_message; PostgreSQL 14+)."""
         options = f"proto_version '1', publication_names {quote_literal(publication)}"
@@ -152,50 +142,38 @@ class ReplicationConnection:
                     raise SourceSetupError(f"slot {slot} is in use by another process ({msg}); is another source worker running?")
                 raise SourceSetupError(f"START_REPLICATION failed: {msg}")
 
-    async def _wait_readable(self, timeout: float | None) -> bool:
+    async def _wait_readable(self, wait_s: float | None) -> bool:
+        """Wait until the socket has data (True) or `wait_s` seconds passed (False; None waits as long as it takes)."""
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        return await self._wait(loop.add_reader, loop.remove_reader, wait_s)
+
+    async def _wait(self, add: Callable[..., None], remove: Callable[[int], object], wait_s: float | None) -> bool:
+        fut = asyncio.get_running_loop().create_future()
         fd = self.pg.socket
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        add(fd, ready)
         try:
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, wait_s)
             return True
         except TimeoutError:
             return False
         finally:
-            loop.remove_reader(fd)
+            remove(fd)
 
     async def _flush(self) -> None:
+        """Send what libpq holds, waiting for the socket to take more when it is full."""
+        loop = asyncio.get_running_loop()
         while self.pg.flush() == 1:
-            await asyncio.sleep(0.001)
+            await self._wait(loop.add_writer, loop.remove_writer, None)
 
-    async def read(self, timeout: float) -> XLogData | Keepalive | None:
-        """The next message of the stream, or None when nothing arrived within `timeout` seconds."""
-        while True:
-            n, data = self.pg.get_copy_data(1)
-            if n > 0:
-                buf = bytes(data)
-                if buf[0] == 119:  # 'w'
-                    start, end, _ = _XLOG.unpack_from(buf, 1)
-                    return XLogData(start, end, buf[25:])
-                if buf[0] == 107:  # 'k'
-                    end, _, reply = _KEEPALIVE.unpack_from(buf, 1)
-                    return Keepalive(end, bool(reply))
-                continue
-            if n == 0:
-                if not await self._wait_readable(timeout):
-                    return None
-                self.pg.consume_input()
-                continue
-            res = self.pg.get_result()
-            msg = (res.error_message or b"").decode(errors="replace").strip() if res is not None else ""
-            self.streaming = False
-            raise stream_ended(msg)
-
-    async def read_batch(self, timeout: float, max_messages: int = READ_BATCH_MAX) -> list[bytes]:
+    async def read_batch(self, wait_s: float, max_messages: int = READ_BATCH_MAX) -> list[bytes]:
         """Every CopyData message libpq has or can read without blocking (at most `max_messages`),
         as raw buffers: `w` XLogData (payload from byte 25) or `k` keepalive; parse them with
-        `xlog_start` / `keepalive`. Waits up to `timeout` seconds for the first one; [] when none came.
+        `xlog_start` / `keepalive`. Waits up to `wait_s` seconds for the first one; [] when none came.
 
         The hot path of streaming: one await per socket read instead of one per message."""
         pg = self.pg
@@ -220,7 +198,7 @@ class ReplicationConnection:
                     continue
                 if out:
                     return out
-                if not await self._wait_readable(timeout):
+                if not await self._wait_readable(wait_s):
                     return out
                 pg.consume_input()
                 continue

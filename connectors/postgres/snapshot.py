@@ -114,12 +114,12 @@ class RowSql:
         """(key, value) per row; `prefix + after + suffix` is the envelope."""
         if self.whole_in_sql:
             return [(k, prefix + after + suffix) for k, after in rows]
-        out = []
+        out: list[tuple[bytes, bytes]] = []
         append = out.append
         if self.everything_in_python:
-            columns = [(name, conv) for name, (_, conv) in zip(self.names, self.slow)]
+            columns = [(name, conv) for name, (_, conv) in zip(self.names, self.slow, strict=False)]
             for values in rows:
-                row = {name: None if v is None else conv(v) for (name, conv), v in zip(columns, values)}
+                row = {name: None if v is None else conv(v) for (name, conv), v in zip(columns, values, strict=False)}
                 after = _dumps(row)
                 append((after, b"%b%b%b" % (prefix, after, suffix)))
             return out
@@ -132,10 +132,10 @@ class RowSql:
                 k = values[0]
                 fast = values[1]
             else:
-                k = key({name: conv(v) for (name, conv), v in zip(python_key, values[1 : 1 + n_key])})
+                k = key({name: conv(v) for (name, conv), v in zip(python_key, values[1 : 1 + n_key], strict=False)})
                 fast = values[0]
             parts = [prefix, fast]
-            for (name, conv), v in zip(slow, values[first_slow:]):
+            for (name, conv), v in zip(slow, values[first_slow:], strict=False):
                 parts.append(name)
                 parts.append(b"null" if v is None else _dumps(conv(v)))
             parts.append(b"}")
@@ -219,7 +219,8 @@ async def plan_key_chunks(conn: psycopg.AsyncConnection, rel: str, key: list[tup
     chunks: list[Chunk] = []
     previous: tuple[str, ...] | None = None
     for i, upper in enumerate([*rows, None]):
-        conditions, params = [], ()
+        conditions: list[str] = []
+        params: tuple[str, ...] = ()
         if previous is not None:
             conditions.append(f"{row} > {bound}")
             params += tuple(previous)

@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,23 +42,29 @@ from lakeward.core import metrics, progress
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import SchemaChangeError, SourceSetupError
 from lakeward.core.events import (
+    AFTER_ONLY,
+    ENVELOPE,
     NEW_KEY_HEADER,
+    NULL,
     OLD_KEY_HEADER,
     OP_CREATE,
     OP_DELETE,
     OP_READ,
     OP_TRUNCATE,
     OP_UPDATE,
+    PG_POSITION,
     POSITION_HEADER,
     SCHEMA_HEADER,
     Position,
     TableSchema,
+    envelope_tail,
     lsn_to_str,
+    source_head,
     str_to_lsn,
     table_topic,
 )
 from lakeward.core.snapshot import IncrementalJob, TableProgress, default_parallelism
-from lakeward.core.source import Source
+from lakeward.core.source import Source, SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +75,13 @@ LINGER_S = 0.02
 """Streamed events wait at most about this long in a partly filled batch before it goes to the broker
 (full batches go at once); without it they waited for a full batch or the next confirm."""
 
-# The envelope is built from pre-encoded parts: the same bytes as orjson.dumps({"before": ...,
-# "after": ..., "source": ..., "op": ..., "ts_ms": ...}) (orjson writes no whitespace, so a nested
-# value's JSON is exactly its own dumps()), at a third of the cost. `source` is encoded once per table
-# and transaction up to its last field, `lsn`, the only one that changes from event to event.
-_ENVELOPE = b'{"before":%b,"after":%b,"source":%b%d},"op":"%b","ts_ms":%d}'
-_NULL = b"null"
-_LSN_PLACEHOLDER = b'"lsn":0}'
 _C, _U, _D, _R, _T = (op.encode() for op in (OP_CREATE, OP_UPDATE, OP_DELETE, OP_READ, OP_TRUNCATE))
-_PG_POSITION = struct.Struct(">QBQ")  # Position.postgres(lsn, phase, seq), inlined on the hot path
 _STREAM = Position.STREAM
-_U32 = struct.Struct(">I")
+_INSERT, _UPDATE, _DELETE = pgoutput.INSERT, pgoutput.UPDATE, pgoutput.DELETE
+_change_relid, _decode_insert, _decode_update, _decode_delete = (
+    pgoutput.change_relid, pgoutput.decode_insert, pgoutput.decode_update, pgoutput.decode_delete)
 _dumps = orjson.dumps
 _SNAPSHOT = Position.SNAPSHOT
-_SNAPSHOT_PREFIX = b'{"before":null,"after":'
 _PUBLISH_SLICE = 4096
 """Rows of a chunk published between two turns of the event loop (the readers' sockets are drained in between)."""
 PROGRESS_INTERVAL_S = 0.2
@@ -103,7 +101,7 @@ class _Table:
     pk: list[str]
     source_base: dict[str, Any]
     columns: list[tuple[str, Converter]] = field(default_factory=list)
-    """(name, converter) per column, for pgoutput.decode_row."""
+    """(name, converter) per column, for pgoutput's row decoders (decode_insert, ...)."""
     key: Callable[[dict[str, Any]], bytes] = orjson.dumps
     """The event key of a row: its primary key columns as JSON (the whole row without a key)."""
     schema_header: tuple[str, bytes] = ("", b"")
@@ -117,7 +115,7 @@ class _Table:
     """Sees (op, key) of every event of the table while an incremental snapshot chunk of it is pending."""
 
     def __post_init__(self) -> None:
-        self.columns = list(zip(self.names, self.converters))
+        self.columns = list(zip(self.names, self.converters, strict=False))
         self.schema_header = (SCHEMA_HEADER, self.schema_id)
         pk = list(self.pk)
         if len(pk) == 1:
@@ -129,10 +127,8 @@ class _Table:
             self.key = _dumps
 
     def source_head(self, ts_ms: int, snapshot: str, tx_id: int | None) -> bytes:
-        """The envelope's `source` as JSON up to `"lsn":` (the event appends the LSN and `}`)."""
-        head = _dumps({**self.source_base, "ts_ms": ts_ms, "snapshot": snapshot, "txId": tx_id, "lsn": 0})
-        assert head.endswith(_LSN_PLACEHOLDER)
-        return head[:-2]
+        """The envelope's `source` up to the value of `lsn`, its last field (see core.events.ENVELOPE)."""
+        return source_head({**self.source_base, "ts_ms": ts_ms, "snapshot": snapshot, "txId": tx_id, "lsn": 0})
 
 
 @dataclass
@@ -186,7 +182,7 @@ class _TableRead:
     ts_ms: int
     """When the table's snapshot began: `source.ts_ms` of its events."""
     head: bytes
-    """The envelope's `source` up to `"lsn":` (see _Table.source_head)."""
+    """The envelope's `source` up to the value of `lsn` (see _Table.source_head)."""
     started: float = 0.0
     rows_published: int = 0
 
@@ -236,7 +232,7 @@ class PostgresSource(Source):
         finally:
             await conn.close()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> SourceStatus:
         value = await self.state.read()
         state = _SnapshotState.from_json(value) if value is not None else None
         jobs = state.jobs if state is not None else []
@@ -254,13 +250,13 @@ class PostgresSource(Source):
         finally:
             await conn.close()
         # A running (or killed) initial snapshot's tables read in part, then the incremental jobs.
-        snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks).to_dict()
+        snapshot = [TableProgress(t, "initial", p.rows, chunks_done=p.chunks_done, chunks=p.chunks)
                     for t, p in sorted(state.progress.items())] if state is not None else []
-        snapshot += [j.progress(estimates.get(j.table), refused).to_dict() for j in jobs]
-        if row is None:
-            return {"source": self.config.name, "slot": self.config.slot_name, "exists": False, "snapshot": snapshot}
-        return {"source": self.config.name, "slot": self.config.slot_name, "exists": True, "confirmed_flush_lsn": row[0],
-                "lag_bytes": row[1], "active": row[2], "snapshot": snapshot}
+        snapshot += [j.progress(estimates.get(j.table), refused) for j in jobs]
+        status = SourceStatus(self.config.name, self.config.type, f"slot {self.config.slot_name}", snapshot=snapshot)
+        if row is not None:
+            status.exists, status.confirmed, status.lag_bytes, status.active = True, row[0], row[1], row[2]
+        return status
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -270,21 +266,10 @@ class PostgresSource(Source):
             await catalog.check_setup(self._meta, cfg.dsn)
             health.ok("database")
             self._db = (await (await self._meta.execute("SELECT current_database()")).fetchone())[0]  # type: ignore[index]
-            producer = kafka.producer(self.broker)
-            await kafka.start_client(producer, self.broker)
-            try:
-                async with kafka.Admin(self.broker) as admin, metrics.background(
-                    metrics.watch(health, "broker", admin.topics, what=f"broker at {self.broker.bootstrap_servers}"),
-                    metrics.watch(health, "database", self._poll_lag, what="PostgreSQL", interval_s=metrics.LAG_POLL_S),
-                ):
-                    health.ok("broker")
-                    self._producer, self._admin = producer, admin
-                    self._publisher = kafka.BatchPublisher(producer, on_acked=self._metrics.published)
-                    self._schemas = kafka.SchemaPublisher(self.broker, cfg.name, producer, admin)
-                    await admin.ensure_topic(self.state.name, compact=True)
-                    await self._run(stop)
-            finally:
-                await producer.stop()
+            async with self.broker_session(compact_topics=[self.state.name], on_acked=self._metrics.published, database="PostgreSQL",
+                                           poll_database=self._poll_lag) as session:
+                self._producer, self._admin, self._publisher, self._schemas = session.producer, session.admin, session.publisher, session.schemas
+                await self._run(stop)
         finally:
             await self._meta.close()
             if self._lag_conn is not None:
@@ -321,20 +306,20 @@ class PostgresSource(Source):
         cfg = self.config
         tables = await catalog.resolve_tables(self._meta, cfg.tables, cfg.dsn)
         await catalog.sync_publication(self._meta, cfg.publication_name, tables)
-        state = await self._read_state()
+        read = await self._read_state()
+        ours = read if read is not None and read.slot == cfg.slot_name else None
         slot = await get_slot(self._meta, cfg.slot_name)
-        ours = state is not None and state.slot == cfg.slot_name
-        if slot is not None and ours and state.done:  # type: ignore[union-attr]
-            start_lsn = slot.confirmed_flush_lsn
+        if slot is None:
+            start_lsn, state = await self._initial(tables)
+        elif ours is not None and ours.done:
+            start_lsn, state = slot.confirmed_flush_lsn, ours
             log.info("source %s: resuming slot %s at %s", cfg.name, cfg.slot_name, lsn_to_str(start_lsn))
-        elif slot is not None and not (ours and slot.confirmed_flush_lsn == state.consistent_lsn):  # type: ignore[union-attr]
+        elif ours is not None and slot.confirmed_flush_lsn == ours.consistent_lsn:
+            start_lsn, state = await self._resume(ours, tables)
+        else:
             # Not the slot this source created for a snapshot that did not finish (that one is still at
             # its consistent point): someone else's, with WAL it retained. Never drop it.
             start_lsn, state = await self._existing_slot(slot, tables)
-        elif slot is not None:
-            start_lsn, state = await self._resume(state, tables)  # type: ignore[arg-type]
-        else:
-            start_lsn, state = await self._initial(tables)
         while not stop.is_set():
             pending = await self._tables_to_read(tables, state)
             if pending:
@@ -517,7 +502,7 @@ class PostgresSource(Source):
               link: tuple[str, bytes] | None = None) -> None:
         """Publish one event; `head` is `t.source_head(...)`, `lsn` the `source.lsn` of this event;
         `link` the extra header of a primary-key change's halves (__debezium.newkey / .oldkey)."""
-        value = _ENVELOPE % (_NULL if before is None else _dumps(before), _NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
+        value = ENVELOPE % (NULL if before is None else _dumps(before), NULL if after is None else _dumps(after), head, lsn, op, self._now_ms)
         headers = [(POSITION_HEADER, pos), t.schema_header]
         if link is not None:
             headers.append(link)
@@ -568,7 +553,7 @@ class PostgresSource(Source):
             old_schema, old_table = renamed_from.split(".", 1)
             old = await self._table(conn, relid, old_schema, old_table, columns)
         await catalog.type_infos(conn, {o for _, o, _ in columns}, self._snapshot_types)
-        typed = [(name, self._snapshot_types[oid], typmod, conv) for (name, oid, typmod), conv in zip(columns, t.converters)]
+        typed = [(name, self._snapshot_types[oid], typmod, conv) for (name, oid, typmod), conv in zip(columns, t.converters, strict=False)]
         rel = chunks.relation(schema, table)
         kind, estimate, version = (await (await conn.execute(
             "SELECT relkind, reltuples::bigint, current_setting('server_version_num')::int FROM pg_class WHERE oid = %s", (relid,))).fetchone())  # type: ignore[misc]
@@ -600,14 +585,14 @@ class PostgresSource(Source):
         progress.snapshots.start(self.config.name, read.name, read.estimate)
 
     async def _read_chunk(self, read: _TableRead, chunk: chunks.Chunk, conn: psycopg.AsyncConnection) -> list[tuple[bytes, bytes]]:
-        suffix = b',"source":%b%d},"op":"r","ts_ms":%d}' % (read.head, read.lsn, int(time.time() * 1000))
-        return await chunks.read_chunk(conn, read.rows, read.rel, chunk, _SNAPSHOT_PREFIX, suffix)
+        tail = envelope_tail(read.head, read.lsn, _R, int(time.time() * 1000))
+        return await chunks.read_chunk(conn, read.rows, read.rel, chunk, AFTER_ONLY, tail)
 
     async def _publish_chunk(self, read: _TableRead, chunk: chunks.Chunk, book: chunks.ProgressBook, rows: list[tuple[bytes, bytes]]) -> None:
         """Append the chunk's rows at positions (lsn, SNAPSHOT, chunk << 32 | row + 1): increasing in
         publish order, and the same when the chunk is read again at the same point."""
         t, publisher = read.t, self._publisher
-        topic, schema_header, pack, lsn = t.topic, t.schema_header, _PG_POSITION.pack, read.lsn
+        topic, schema_header, pack, lsn = t.topic, t.schema_header, PG_POSITION.pack, read.lsn
         first = (chunk.index << 32) + 1
         ts_ms = int(time.time() * 1000)
         for start in range(0, len(rows), _PUBLISH_SLICE):
@@ -655,8 +640,8 @@ class PostgresSource(Source):
             waiting_since: float | None = None  # since when events wait in partly filled batches
             sent_mark = publisher.appended
             while not stop.is_set():
-                timeout = 0.2 if waiting_since is None else max(0.0, LINGER_S - (time.monotonic() - waiting_since))
-                batch = await repl.read_batch(timeout=timeout)
+                wait_s = 0.2 if waiting_since is None else max(0.0, LINGER_S - (time.monotonic() - waiting_since))
+                batch = await repl.read_batch(wait_s)
                 if batch:
                     self._now_ms = int(time.time() * 1000)
                     data = False
@@ -670,7 +655,7 @@ class PostgresSource(Source):
                             continue
                         data = True
                         tag = buf[XLOG_PAYLOAD]
-                        if tag == 73 or tag == 85 or tag == 68:  # Insert, Update, Delete: the hot path
+                        if tag == _INSERT or tag == _UPDATE or tag == _DELETE:  # the hot path
                             self._change(buf, tag, txn)
                             continue
                         m = pgoutput.decode(buf[XLOG_PAYLOAD:])
@@ -700,7 +685,7 @@ class PostgresSource(Source):
                                 if t.muted:
                                     continue
                                 self._emit(t, _T, TRUNCATE_KEY, None, None, txn.head(t, relid), lsn,
-                                           _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+                                           PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
                         elif isinstance(m, pgoutput.Message):
                             await incr.message(m)  # a watermark publishes its chunk; heartbeats are ignored
                     if data:
@@ -825,48 +810,35 @@ class PostgresSource(Source):
             self.config = self.config.model_copy(update={"heartbeat_interval_s": 0})
 
     def _change(self, buf: bytes, tag: int, txn: _Txn) -> None:
-        """One Insert/Update/Delete, decoded from the raw XLogData buffer into events.
-
-        pgoutput layout after the tag byte (at XLOG_PAYLOAD): relid (4), then 'N' + new tuple
-        (Insert); ['K'|'O' + old tuple] + 'N' + new tuple (Update); 'K'|'O' + old tuple (Delete).
-        """
+        """One Insert, Update or Delete (pgoutput tag `tag`) of a raw XLogData buffer, as events."""
         lsn = xlog_start(buf)
-        (relid,) = _U32.unpack_from(buf, XLOG_PAYLOAD + 1)
+        relid = _change_relid(buf, XLOG_PAYLOAD)
         t = self._relations[relid]
         if t.muted:
             return
         head = txn.heads.get(relid) or txn.head(t, relid)
-        columns = t.columns
-        pos = XLOG_PAYLOAD + 5
-        if tag == 73:  # 'I'
-            row, _ = pgoutput.decode_row(buf, pos + 1, columns)
+        if tag == _INSERT:
+            row = _decode_insert(buf, XLOG_PAYLOAD, t.columns)
             txn.seq += 1
-            self._emit(t, _C, t.key(row), None, row, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
-        elif tag == 85:  # 'U'
-            before = None
-            kind = buf[pos]
-            if kind == 75 or kind == 79:  # 'K' key columns or 'O' the whole old row
-                old, pos = pgoutput.decode_row(buf, pos + 1, columns)
-                before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
-            after, _ = pgoutput.decode_row(buf, pos + 1, columns, before)  # 'N'
+            self._emit(t, _C, t.key(row), None, row, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+        elif tag == _UPDATE:
+            before, after = _decode_update(buf, XLOG_PAYLOAD, t.columns, t.pk)
             if before is not None and t.pk and any(before.get(k) != after.get(k) for k in t.pk if k in before):
                 # A primary-key change is a delete of the old key and a create of the new one (as Debezium),
                 # each naming the other key in a header. With REPLICA IDENTITY DEFAULT an unchanged TOASTed
                 # value is absent from `after` (pgoutput sends `u`): the sink takes it from the old key's row.
                 old_key, new_key = _dumps({k: before.get(k) for k in t.pk}), t.key(after)
                 txn.seq += 1
-                self._emit(t, _D, old_key, before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (NEW_KEY_HEADER, new_key))
+                self._emit(t, _D, old_key, before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (NEW_KEY_HEADER, new_key))
                 txn.seq += 1
-                self._emit(t, _C, new_key, None, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (OLD_KEY_HEADER, old_key))
+                self._emit(t, _C, new_key, None, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq), (OLD_KEY_HEADER, old_key))
             else:
                 txn.seq += 1
-                self._emit(t, _U, t.key(after), before, after, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
-        else:  # 'D'
-            kind = buf[pos]
-            old, _ = pgoutput.decode_row(buf, pos + 1, columns)
-            before = old if kind == 79 or not t.pk else {k: old.get(k) for k in t.pk}
+                self._emit(t, _U, t.key(after), before, after, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+        else:
+            before = _decode_delete(buf, XLOG_PAYLOAD, t.columns, t.pk)
             txn.seq += 1
-            self._emit(t, _D, t.key(before), before, None, head, lsn, _PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
+            self._emit(t, _D, t.key(before), before, None, head, lsn, PG_POSITION.pack(txn.lsn, _STREAM, txn.seq))
 
 
 class _Txn:

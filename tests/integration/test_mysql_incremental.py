@@ -209,7 +209,7 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
     src = MySQLSource(MySQLSourceConfig(name="legacy", host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"],
                                         password=MYSQL["password"], tables=[f"{db}.*"]),
                       broker=BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix))
-    shown = asyncio.run(src.status())["snapshot"]
+    shown = [p.to_dict() for p in asyncio.run(src.status()).snapshot]
     assert [(p["table"], p["kind"], p["rows"], p["chunks_done"], p["done"]) for p in shown] == \
         [(f"{db}.items", "incremental", acked.rows, acked.chunks, False)]
 

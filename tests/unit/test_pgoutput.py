@@ -60,3 +60,33 @@ def test_truncate_and_message():
     assert t.relids == [10, 11] and t.cascade and not t.restart_identity
     m = pgoutput.decode(b"M" + struct.pack(">bQ", 1, 0x33) + b"lakeward\0" + struct.pack(">i", 3) + b"abc")
     assert (m.transactional, m.lsn, m.prefix, m.content) == (True, 0x33, "lakeward", b"abc")
+
+
+COLUMNS = [("id", int), ("big", str), ("v", str)]
+
+
+def test_row_changes_decode_straight_into_event_rows():
+    """decode_insert/update/delete: what the source turns into events, from the XLogData buffer's offset."""
+    at = 25  # the pgoutput message inside an XLogData buffer
+    pad = b"w" + b"\0" * 24
+    rel = struct.pack(">I", 5)
+    ins = pad + b"I" + rel + b"N" + tuple_data("1", None, "a")
+    assert pgoutput.change_relid(ins, at) == 5
+    assert pgoutput.decode_insert(ins, at, COLUMNS) == {"id": 1, "big": None, "v": "a"}
+
+    # No old tuple (key unchanged, REPLICA IDENTITY DEFAULT): no `before`; an unchanged TOASTed value is left out.
+    upd = pad + b"U" + rel + b"N" + tuple_data("1", UNCHANGED, "b")
+    assert pgoutput.decode_update(upd, at, COLUMNS, ["id"]) == (None, {"id": 1, "v": "b"})
+    # 'K': `before` is the key only (the other columns are nulls PostgreSQL did not send).
+    upd_key = pad + b"U" + rel + b"K" + tuple_data("1", None, None) + b"N" + tuple_data("2", UNCHANGED, "b")
+    assert pgoutput.decode_update(upd_key, at, COLUMNS, ["id"]) == ({"id": 1}, {"id": 2, "v": "b"})
+    # 'O' (REPLICA IDENTITY FULL): the whole old row, which also fills the unchanged TOASTed value.
+    upd_full = pad + b"U" + rel + b"O" + tuple_data("1", "large", "a") + b"N" + tuple_data("1", UNCHANGED, "b")
+    assert pgoutput.decode_update(upd_full, at, COLUMNS, ["id"]) == ({"id": 1, "big": "large", "v": "a"}, {"id": 1, "big": "large", "v": "b"})
+    # Without a primary key (a replica identity index) 'K' gives the whole tuple as sent.
+    assert pgoutput.decode_update(upd_key, at, COLUMNS, [])[0] == {"id": 1, "big": None, "v": None}
+
+    dele = pad + b"D" + rel + b"K" + tuple_data("9", None, None)
+    assert pgoutput.decode_delete(dele, at, COLUMNS, ["id"]) == {"id": 9}
+    dele_full = pad + b"D" + rel + b"O" + tuple_data("9", "x", "y")
+    assert pgoutput.decode_delete(dele_full, at, COLUMNS, ["id"]) == {"id": 9, "big": "x", "v": "y"}

@@ -14,6 +14,8 @@ from rich.console import Console
 
 from lakeward.app import cli
 from lakeward.core import progress
+from lakeward.core.snapshot import TableProgress
+from lakeward.core.source import SourceStatus
 
 
 class Clock:
@@ -163,14 +165,11 @@ def test_bars_show_rows_per_second_and_eta():
 
 def test_status_prints_the_sources_snapshot_list():
     report = {"sources": [
-        {"source": "shop", "slot": "lakeward_shop", "exists": True, "active": True, "confirmed_flush_lsn": "0/1", "lag_bytes": 0,
-         "snapshot": [
-             {"table": "public.items", "kind": "initial", "rows": 1_200_000, "estimate": 10_000_000, "chunks_done": 24, "chunks": 200,
-              "done": False},
-             {"table": "public.orders", "kind": "incremental", "rows": 30, "estimate": -1, "chunks_done": 1, "chunks": None,
-              "done": True, "reason": "request"},
-         ]},
-        {"source": "inv", "slot": "", "exists": True},  # reports no snapshot list: nothing extra
+        SourceStatus("shop", "postgres", "slot lakeward_shop", exists=True, confirmed="0/1", lag_bytes=0, active=True, snapshot=[
+            TableProgress("public.items", "initial", 1_200_000, estimate=10_000_000, chunks_done=24, chunks=200),
+            TableProgress("public.orders", "incremental", 30, estimate=-1, chunks_done=1, done=True, extra={"reason": "request"}),
+        ]),
+        SourceStatus("inv", "mysql", "binlog, server_id 5", exists=True),  # reports no snapshot list: nothing extra
     ], "sinks": []}
     out = io.StringIO()
     cli.print_status(report, Console(file=out, width=160, color_system=None))
