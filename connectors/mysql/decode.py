@@ -463,7 +463,7 @@ def compile_image(plans: list[ColumnPlan], present: list[bool]) -> Callable[[byt
     lines.append("    return {" + ", ".join(f"{name!r}: c{k}" for name, k in names.items()) + "}, p")
     source = "\n".join(lines)
     namespace = {**_NAMESPACE, **consts}
-    exec(compile(source, f"<lakeward mysql row image: {len(cols)} columns>", "exec"), namespace)  # noqa: S102
+    exec(compile(source, f"<lakeward mysql row image: {len(cols)} columns>", "exec"), namespace)  # generated code: see the module docstring
     return namespace["image"]
 
 

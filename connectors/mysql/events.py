@@ -9,7 +9,7 @@ a primary-key change); snapshot positions: (file, P, phase 0, sequence, 0).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -111,7 +111,7 @@ def row_positions(point: BinlogPoint, sequence: int, n: int) -> list[bytes]:
     return [pack(fi, pos, snapshot, sequence, row) for row in range(1, n + 1)]
 
 
-def read_events(info: TableInfo, head: bytes, tinyint1_as_boolean: bool) -> Callable[[list[tuple], list[bytes]], list[Event]]:
+def read_events(info: TableInfo, head: bytes, tinyint1_as_boolean: bool) -> Callable[[Sequence[tuple], list[bytes]], list[Event]]:
     """The conversion of rows read at a consistent point into `r` events, `convert(rows, positions)`
     (`head`: from point_source). Values are converted as snapshot rows are, so they are the stream's.
     Runs on reader threads."""
@@ -119,7 +119,7 @@ def read_events(info: TableInfo, head: bytes, tinyint1_as_boolean: bool) -> Call
     convs = info.snapshot_converters(tinyint1_as_boolean)
     topic, sid_header, key, keyed = info.topic, (SCHEMA_HEADER, info.schema_id), info.key, bool(info.pk)
 
-    def convert(rows: list[tuple], positions: list[bytes]) -> list[Event]:
+    def convert(rows: Sequence[tuple], positions: list[bytes]) -> list[Event]:
         tail = envelope_tail(head, 0, _R, now_ms())
         out: list[Event] = []
         append = out.append

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -320,7 +320,7 @@ class TablePlan:
         return (self.bounds[index - 1] if index else None), (self.bounds[index] if index < len(self.bounds) else None)
 
 
-Convert = Callable[[int, int, list[tuple]], Any]
+Convert = Callable[[int, int, Sequence[tuple]], Any]
 """(chunk index, index of the first row in the chunk, rows) -> what the pool hands over for them."""
 
 

@@ -255,7 +255,10 @@ class MySQLSource(Source):
         history.load(await kafka.read_topic(self.broker, self.history_topic))
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        reader = self.reader = Reader(cfg, self.prefix, server, history, plan, lambda: loop.call_soon_threadsafe(wake.set))
+        def wake_loop() -> None:  # called from the reader thread
+            loop.call_soon_threadsafe(wake.set)
+
+        reader = self.reader = Reader(cfg, self.prefix, server, history, plan, wake_loop)
         self._inbox = SignalInbox(self.broker, cfg.name)
         await self._inbox.start(self._admin, state.signals_offset)
         reader.incremental.counter = state.chunk_counter

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from lakeward.connectors.postgres.types import SESSION_OPTIONS, PgType, map_type
+from lakeward.connectors.postgres.types import SESSION_OPTIONS, Converter, PgType, map_type
 from lakeward.core.config import mask_text
 from lakeward.core.errors import ConnectionFailed, SourceSetupError
 from lakeward.core.events import Column, TableSchema
@@ -153,7 +153,7 @@ async def type_infos(conn: psycopg.AsyncConnection, oids: set[int], cache: dict[
             "SELECT oid, typname, typtype, typelem, typbasetype, typcategory, typtypmod FROM pg_type WHERE oid = ANY(%s)", (list(todo),)
         )).fetchall()
         for oid, *info in fetched:
-            rows[oid] = tuple(info)  # type: ignore[assignment]
+            rows[oid] = tuple(info)
         deps = {base if kind == "d" else elem for (_, kind, elem, base, cat, _) in (rows[o] for o in todo if o in rows)
                 if kind == "d" or (cat == "A" and elem)}
         todo = {d for d in deps if d not in cache and d not in rows}
@@ -240,10 +240,11 @@ class SchemaBuilder:
         self._types: dict[int, PgType] = {}
         self._formatted: dict[tuple[int, int], str] = {}
 
-    async def build(self, conn: psycopg.AsyncConnection, schema: str, table: str, columns: list[tuple[str, int, int]], pk: tuple[str, ...]):
+    async def build(self, conn: psycopg.AsyncConnection, schema: str, table: str, columns: list[tuple[str, int, int]], pk: tuple[str, ...]) -> tuple[TableSchema, list[Converter]]:
         await type_infos(conn, {o for _, o, _ in columns}, self._types)
         await format_types(conn, [(o, m) for _, o, m in columns], self._formatted)
-        cols, converters = [], []
+        cols: list[Column] = []
+        converters: list[Converter] = []
         for name, oid, typmod in columns:
             lake_type, conv = map_type(self._types[oid], typmod)
             cols.append(Column(name, self._formatted[(oid, typmod)], lake_type, name not in pk))
@@ -279,7 +280,7 @@ class TableShape:
 
     @classmethod
     def from_json(cls, d: dict) -> TableShape:
-        return cls(d["table"], [tuple(c) for c in d["columns"]], list(d["pk"]), [tuple(s) for s in d["storage"]],  # type: ignore[misc]
+        return cls(d["table"], [tuple(c) for c in d["columns"]], list(d["pk"]), [tuple(s) for s in d["storage"]],
                    list(d.get("defaulted", [])), int(d["lsn"]))
 
 

@@ -233,7 +233,11 @@ def convert_row(values: list, columns: list[tuple[str, Callable[[str], object]]]
     return row
 
 
-def decode(buf: bytes):
+# What `decode` returns: one message of the pgoutput protocol.
+Decoded = Begin | Commit | Relation | Insert | Update | Delete | Truncate | Message | Origin | TypeInfo
+
+
+def decode(buf: bytes) -> Decoded:
     """Decode one pgoutput message (the payload of an XLogData CopyData message)."""
     tag = buf[0]
     if tag == 73:  # 'I'

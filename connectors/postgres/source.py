@@ -242,7 +242,7 @@ class PostgresSource(Source):
                 "SELECT confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, active "
                 "FROM pg_replication_slots WHERE slot_name = %s", (self.config.slot_name,)
             )).fetchone()
-            estimates = dict(await (await conn.execute(
+            estimates: dict[str, int] = dict(await (await conn.execute(
                 "SELECT t, (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass("
                 "quote_ident(split_part(t, '.', 1)) || '.' || quote_ident(substr(t, strpos(t, '.') + 1)))) FROM unnest(%s::text[]) t",
                 ([j.table for j in jobs],))).fetchall()) if jobs else {}
@@ -525,6 +525,7 @@ class PostgresSource(Source):
         conns = await chunks.open_readers(cfg.dsn, snapshot_name, n)
         try:
             log.info("source %s: snapshot of %d tables at %s on %d connections", cfg.name, len(tables), lsn_to_str(lsn), n)
+            reads: chunks.OrderedReads[None]
             async with chunks.OrderedReads(conns, ahead=n + 1) as reads:
                 for schema, table in tables:
                     await self._snapshot_table(reads, book, lsn, schema, table)
@@ -541,7 +542,7 @@ class PostgresSource(Source):
         """Plan the table's chunks on a reader connection, then queue them; they are published in order."""
         read = await (await reads.submit(lambda conn: self._plan_table(conn, lsn, schema, table), lambda r: self._start_table(r, book)))
         for chunk in read.plan.chunks:
-            await reads.submit(functools.partial(self._read_chunk, read, chunk), functools.partial(self._publish_chunk, read, chunk, book))
+            _ = await reads.submit(functools.partial(self._read_chunk, read, chunk), functools.partial(self._publish_chunk, read, chunk, book))
 
     async def _plan_table(self, conn: psycopg.AsyncConnection, lsn: int, schema: str, table: str) -> _TableRead:
         """The table's schema, shape and chunks, as the snapshot `conn` is in sees them."""

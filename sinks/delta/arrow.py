@@ -78,7 +78,7 @@ def storage_type(t: pa.DataType) -> pa.DataType:
 def storage_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` with every column in its physical type (see `storage_type`)."""
     return pa.schema([pa.field(f.name, storage_type(f.type), f.nullable, f.metadata) for f in schema],
-                     metadata=schema.metadata)  # type: ignore[arg-type]  # the stubs type a Mapping parameter as an invariant dict
+                     metadata=schema.metadata)
 
 
 def to_storage(table: pa.Table) -> pa.Table:
