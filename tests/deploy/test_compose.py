@@ -149,7 +149,7 @@ def _lakeward_problems(name: str, svc: dict[str, Any]) -> list[str]:
         problems.append(f"{name}: overrides the image's entrypoint (lakeward): {svc['entrypoint']}")
     if want is None:
         problems.append(f"{name}: an unexpected lakeward service")
-    elif len(command) != len(want) or any(w is not None and c != w for c, w in zip(command, want)):
+    elif len(command) != len(want) or any(w is not None and c != w for c, w in zip(command, want, strict=True)):
         problems.append(f"{name}: command {command}, expected {want} (None: any value)")
     if name in WORKERS:
         test = (svc.get("healthcheck") or {}).get("test") or []
