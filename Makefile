@@ -1,7 +1,8 @@
 # Lakeward developer entry points. Everything runs as root on Debian 12:
 #   make services   install (if missing) and start PostgreSQL 15 + Kafka + MariaDB + MinIO (S3) on 127.0.0.1
 #   make lint       ruff and mypy over the repository (configured in pyproject.toml); part of `make test`
-#   make test       services + venv + lint, then the test suite
+#   make test       venv + lint + services, then the test suite (in parallel: TEST_WORKERS)
+#   make test-unit  venv, then the tests that need no service (seconds)
 #   make demo       PostgreSQL + Kafka + MariaDB + venv, then the demo (DEMO_SECONDS=60 by default)
 # See deploy/local/services.sh for the service details and its environment knobs.
 
@@ -42,7 +43,7 @@ export LAKEWARD_S3_PORT LAKEWARD_S3_BUCKET LAKEWARD_TEST_S3_ENDPOINT LAKEWARD_TE
 
 PYTEST_ARGS ?=
 
-.PHONY: services services-stop services-status venv lint test demo bench clean
+.PHONY: services services-stop services-status venv lint test test-unit demo bench clean
 
 services:
 	$(SERVICES) start
@@ -65,8 +66,19 @@ $(VENV_STAMP): pyproject.toml
 lint: venv
 	@status=0; $(RUFF) check . || status=1; $(MYPY) || status=1; exit $$status
 
+# The suite runs in TEST_WORKERS pytest-xdist processes: most of its time is spent waiting on the
+# services, not on CPU. `--dist loadgroup` keeps each xdist_group on one worker (the MariaDB tests,
+# the PostgreSQL crash tests: tests/integration/conftest.py). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: venv lint services
-	$(PYTEST) -q -p no:cacheprovider --durations=20 tests $(PYTEST_ARGS)
+	$(PYTEST) -q -p no:cacheprovider --durations=20 $(PYTEST_PARALLEL) tests $(PYTEST_ARGS)
+
+# The tests that need no service (unit tests, the deploy checks, the Delta file checks), in seconds;
+# starts nothing.
+test-unit: venv
+	$(PYTEST) -q -p no:cacheprovider -m "not integration" tests $(PYTEST_ARGS)
 
 # The demo's lake is local: it needs PostgreSQL, Kafka and MariaDB, not the S3 server (whose first
 # build takes minutes on a fresh machine).

@@ -12,6 +12,7 @@ timestamp, flag boolean) with `rows` rows (default 1M) once, then times, in one 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from lakeward.connectors.mysql.binlog import Plan, Reader
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.handover import Failed, SnapshotDone
 from lakeward.connectors.mysql.history import SchemaHistory
-from tests.integration.mysql_fixtures import MYSQL, mquery, msql
+
+sys.path.insert(0, os.path.dirname(__file__))  # also run as `python -m benchmarks.mysql_snapshot`
+from services import MYSQL, mquery, msql  # noqa: E402
 
 DB, TABLE = "lw_bench_snapshot", "wide"
 

@@ -17,22 +17,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
+from services import BROKER, MYSQL, mquery, msql, server_id
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.source import MySQLSource
 from lakeward.core.config import BrokerConfig, LakeConfig
 from lakeward.sinks.delta.config import DeltaSinkConfig
 from lakeward.sinks.delta.sink import DeltaSink
-from tests.integration.conftest import BROKER, prefix  # noqa: F401 (fixture)
-from tests.integration.mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 ROWS = 200_000
+APPLY_TIMEOUT_S = 600
+
+
+@pytest.fixture
+def mysql_db():
+    """A scratch database; dropped afterwards."""
+    name = f"lw_{uuid.uuid4().hex[:10]}"
+    msql(f"CREATE DATABASE `{name}`")
+    yield name
+    msql(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this run alone."""
+    return f"t{uuid.uuid4().hex[:10]}"
 
 
 def raw_decode_seconds(db: str, file: str, pos: int) -> tuple[int, float]:
@@ -50,9 +66,9 @@ def raw_decode_seconds(db: str, file: str, pos: int) -> tuple[int, float]:
     return rows, time.monotonic() - started
 
 
-async def until_applied(sink: DeltaSink, events: int, task: asyncio.Task, timeout: float = 600) -> None:
+async def until_applied(sink: DeltaSink, events: int, task: asyncio.Task) -> None:
     """Until the sink's Delta commits cover `events` events (offsets 0..events-1) of its one table."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
     while not any(w.committed_offset == events - 1 for w in sink._writers.values()):
         assert not task.done() and time.monotonic() < deadline, "the sink stopped or fell behind"
         await asyncio.sleep(0.02)

@@ -32,17 +32,8 @@ from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pipeline import (  # noqa: E402
-    ADMIN_DSN,
-    BROKER,
-    INSERT,
-    TABLE_DDL,
-    cpu_seconds,
-    dsn_for,
-    kafka_pid,
-    machine_cpu,
-    proc_status_kb,
-)
+from measure import cpu_seconds, kafka_pid, machine_cpu, proc_status_kb  # noqa: E402
+from services import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, dsn_for  # noqa: E402
 
 
 def postgres_cpu() -> float:
@@ -97,15 +88,17 @@ sinks: []
     consumer = kafka.consumer(broker, isolation_level="read_uncommitted")
     await kafka.start_client(consumer, broker)
     topic = f"{prefix}.shop.public.bench"
-    log = open(workdir / f"{prefix}.log", "wb")
+    log_path = workdir / f"{prefix}.log"
+    log = await asyncio.to_thread(open, log_path, "wb")
     started = time.monotonic()
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=subprocess.STDOUT)
     pid = proc.pid
     spy = None
     if profile is not None:  # attached to the worker: a sampling profile of the whole run, folded stacks
-        profile.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-r", "100", "-f", "raw", "--pid", str(pid),
-                                "-o", str(profile / f"p{parallelism}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.to_thread(profile.mkdir, parents=True, exist_ok=True)
+        spy = await asyncio.create_subprocess_exec(os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-r", "100", "-f", "raw",
+                                                   "--pid", str(pid), "-o", str(profile / f"p{parallelism}.txt"),
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = None
     peak = 0
     cpu = 0.0
@@ -121,8 +114,8 @@ sinks: []
             cpu = cpu_seconds(pid) or cpu
             if n >= rows + 1:
                 break
-            if proc.poll() is not None:
-                raise SystemExit(f"the worker exited: {(workdir / f'{prefix}.log').read_text()[-3000:]}")
+            if proc.returncode is not None:
+                raise SystemExit(f"the worker exited: {(await asyncio.to_thread(log_path.read_text))[-3000:]}")
             if now - started > 600:
                 raise SystemExit("timed out")
             await asyncio.sleep(0.02)
@@ -133,9 +126,9 @@ sinks: []
         await consumer.stop()
         if spy is not None:
             spy.send_signal(2)
-            spy.wait(60)
+            await asyncio.wait_for(spy.wait(), 60)
         proc.terminate()
-        proc.wait(60)
+        await asyncio.wait_for(proc.wait(), 60)
         with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
             drop_slot(c, f"lw_{prefix}")
     assert first is not None

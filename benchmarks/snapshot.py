@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
-from pipeline import BROKER, ROOT, Worker, log
+from services import BROKER, ROOT, log
 from snapshot_databases import SOURCE, MySQL, Postgres
+from workers import Worker
 
 from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
@@ -432,7 +433,7 @@ async def main(args: argparse.Namespace) -> int:
     for note in res["notes"] + res.get("errors", []):
         print(f"note: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(res, indent=2, default=str))
         log(f"results: {args.json}")
     return 1 if failed or any("error" in r for d in res["results"] for r in d["runs"]) else 0
 

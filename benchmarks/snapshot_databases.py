@@ -12,20 +12,18 @@ import random
 import shutil
 import subprocess
 import time
-from urllib.parse import unquote, urlparse
 
 import psycopg
 import pymysql
-from pipeline import ADMIN_DSN, dsn_for, query1, sql
+from services import ADMIN_DSN, MYSQL, dsn_for, query1, sql
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.postgres.catalog import drop_slot
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 
-SOURCE = "shop"  # benchmarks/pipeline.py's Worker runs `--source shop`
+SOURCE = "shop"  # benchmarks/workers.py's Worker runs `--source shop`
 FILL_ROWS_PER_STATEMENT = 500_000
 COLUMNS = "id, n, s, amount, created_at, flag"
-MYSQL_URL = os.environ.get("LAKEWARD_TEST_MYSQL_URL", "mysql://lakeward:lakeward@127.0.0.1:3306")
 
 
 def supports_parallelism(config_model: type) -> bool:
@@ -126,12 +124,6 @@ class Postgres:
 # --- MySQL / MariaDB -----------------------------------------------------------------------------
 
 
-def _mysql_settings() -> dict:
-    u = urlparse(MYSQL_URL)
-    return dict(host=u.hostname or "127.0.0.1", port=u.port or 3306, user=unquote(u.username or "lakeward"),
-                password=unquote(u.password or ""))
-
-
 class MySQL:
     name = "mysql"
     limit_label = "mariadb --quick SELECT to /dev/null"
@@ -142,7 +134,7 @@ class MySQL:
 
     def __init__(self, bench_id: str):
         self.db = f"lw_bsnap_{bench_id}"
-        self.conn_settings = _mysql_settings()
+        self.conn_settings = dict(MYSQL)
         self.parallelism_supported = supports_parallelism(MySQLSourceConfig)
         self._created = False
 

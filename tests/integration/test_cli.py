@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .conftest import sql, wait_until, write_config
+from .harness import sql, wait_until, write_config
 from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 from lakeward.core.snapshot import SnapshotRequest
 
-from .conftest import BROKER, sql, wait_until, write_config
+from .harness import BROKER, free_port, sql, wait_until, write_config
 from .lakecheck import lake_equals_source
-from .test_metrics import Scrape, free_port
+from .test_metrics import Scrape
 
 pytestmark = pytest.mark.integration
 

@@ -6,52 +6,15 @@ Two sinks read the same topics: a mirror (compared with the source row by row) a
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 
-import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .conftest import BROKER, WriteLoad, sql, wait_until, write_config
-from .lakecheck import lake_equals_source, lake_rows, lake_table
+from .harness import Postgres, RandomChanges, mirror_and_changelog, sql, topic_end, wait_until, write_config
+from .lakecheck import lake_equals_source, lake_table, no_repeated_positions
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
-
-
-def topic_end(topic: str) -> int:
-    async def end() -> int:
-        c = AIOKafkaConsumer(bootstrap_servers=BROKER)
-        await c.start()
-        try:
-            if topic not in await c.topics():
-                return 0
-            tp = TopicPartition(topic, 0)
-            return (await c.end_offsets([tp]))[tp]
-        finally:
-            await c.stop()
-
-    return asyncio.run(end())
-
-
-class Load(WriteLoad):
-    """Random inserts, updates and deletes in small transactions until stopped."""
-
-    def __init__(self, dsn: str, table: str, first_id: int):
-        super().__init__(dsn, seed=7)
-        self.table, self.next_id = table, first_id
-
-    def transaction(self, conn: psycopg.Connection, rnd: random.Random) -> None:
-        for _ in range(rnd.randint(1, 20)):
-            action = rnd.random()
-            if action < 0.5:
-                conn.execute(f"INSERT INTO {self.table} (id, v, s) VALUES (%s, %s, md5(random()::text))", (self.next_id, rnd.randint(0, 99)))
-                self.next_id += 1
-            elif action < 0.85:
-                conn.execute(f"UPDATE {self.table} SET v = v + 1, s = md5(random()::text) WHERE id = %s", (rnd.randint(1, self.next_id),))
-            else:
-                conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (rnd.randint(1, self.next_id),))
 
 
 def wait_for_changelog(changelog_lake, topic: str, *, timeout: float) -> None:
@@ -65,24 +28,14 @@ def wait_for_changelog(changelog_lake, topic: str, *, timeout: float) -> None:
     wait_until(changelog_complete, timeout=timeout, what="changelog complete", interval=1)
 
 
-def no_repeats_in_changelog(lake) -> None:
-    rows = lake_rows(lake, "items", key="_lakeward_position", metadata=True)
-    positions = [r["_lakeward_position"] for r in rows]
-    assert len(positions) == len(set(positions)), f"{len(positions) - len(set(positions))} events applied twice"
-
-
 @pytest.fixture
 def crash_setup(database, prefix, tmp_path, workers):
     sql(database, "CREATE TABLE items (id bigint PRIMARY KEY, v int, s text)",
         "INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, 300000) g")
     mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
 
-    def configs(**source_opts):
-        extra = "".join(f"    {k}: {v}\n" for k, v in source_opts.items())
-        a = write_config(tmp_path / "mirror.yaml", dsn=database, prefix=prefix, lake=mirror_lake, extra_source=extra)
-        b = write_config(tmp_path / "changelog.yaml", dsn=database, prefix=prefix, lake=changelog_lake, mode="changelog",
-                         extra_source=extra, sink_name="log")
-        return a, b
+    def configs(**source_settings):
+        return mirror_and_changelog(tmp_path, write_config, dsn=database, prefix=prefix, source_settings=source_settings)[:2]
 
     return database, prefix, mirror_lake, changelog_lake, configs, workers
 
@@ -101,7 +54,7 @@ def test_kill_source_mid_snapshot_and_before_lsn_confirm(crash_setup):
     source.kill()
     assert topic_end(topic) < 300001, "the kill was meant to land mid-snapshot"
 
-    load = Load(database, "items", first_id=300001)
+    load = RandomChanges(Postgres(database), "items", first_id=300001)
     load.start()
     for _ in range(3):
         source = workers(no_confirm, "--source", "shop").start()
@@ -116,14 +69,14 @@ def test_kill_source_mid_snapshot_and_before_lsn_confirm(crash_setup):
     wait_until(lambda: lake_table(changelog_lake, "items") is not None, timeout=30, what="changelog table")
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake)
+    no_repeated_positions(changelog_lake, "items")
 
 
 def test_kill_sinks_between_commits_under_load(crash_setup):
     database, prefix, mirror_lake, changelog_lake, configs, workers = crash_setup
     cfg, log_cfg = configs()
     source = workers(cfg, "--source", "shop").start()
-    load = Load(database, "items", first_id=300001)
+    load = RandomChanges(Postgres(database), "items", first_id=300001)
     load.start()
     rnd = random.Random(11)
     for _ in range(5):
@@ -144,5 +97,5 @@ def test_kill_sinks_between_commits_under_load(crash_setup):
     wait_for_changelog(changelog_lake, topic, timeout=120)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake)
+    no_repeated_positions(changelog_lake, "items")
     assert lake_table(changelog_lake, "items").to_pyarrow_dataset().count_rows() == topic_end(topic)

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
-from tests.integration.conftest import ADMIN_DSN, BROKER, dsn_for
+from .harness import ADMIN_DSN, BROKER, dsn_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb, pytest.mark.demo]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "lakeward.yaml"

@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import BROKER, sql, wait_until, write_config
+from .harness import BROKER, free_port, http_get, msql, sql, wait_until, write_config, write_mysql_config
 from .lakecheck import lake_equals_source
-from .mysql_fixtures import msql, mysql_db, write_mysql_config  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 OPS = ("c", "u", "d", "r", "t")
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (parallel test runs each get their own)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 class Scrape:
     """One scrape of /metrics: samples by name and labels."""
 
     def __init__(self, port: int):
-        status, text = get(port, "/metrics")
+        status, text = http_get(port, "/metrics")
         assert status == 200, text
         self.samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
 
@@ -122,9 +103,9 @@ def test_pipeline_metrics_count_every_change(database, prefix, tmp_path, workers
     assert not any(x.name.endswith("_created") for x in k.samples)
 
     for port in (src_port, sink_port):
-        assert get(port, "/healthz") == (200, "ok\n")
-        assert get(port, "/readyz") == (200, "ready\n")
-        assert get(port, "/nope")[0] == 404
+        assert http_get(port, "/healthz") == (200, "ok\n")
+        assert http_get(port, "/readyz") == (200, "ready\n")
+        assert http_get(port, "/nope")[0] == 404
     assert source.terminate() == 0, source.output()
     assert sink.terminate() == 0, sink.output()
 
@@ -141,15 +122,15 @@ def test_readyz_says_what_is_not_ready(database, prefix, tmp_path, workers):
 
     def not_ready() -> bool | str:
         try:
-            status, body = get(port, "/readyz")
+            status, body = http_get(port, "/readyz")
         except OSError as e:
             return str(e)
         return status == 503 and "source shop:" in body and "sink lake:" in body and f"127.0.0.1:{dead}" in body or body
 
     wait_until(not_ready, timeout=30, what="/readyz to report the unreachable broker")
-    status, body = get(port, "/readyz")
+    status, body = http_get(port, "/readyz")
     assert "cannot reach the broker" in body, body
-    assert get(port, "/healthz") == (200, "ok\n")
+    assert http_get(port, "/healthz") == (200, "ok\n")
     s = Scrape(port)
     assert s.value("lakeward_errors_total", kind="source", worker="shop", type="ConnectionFailed") >= 1
     assert s.value("lakeward_errors_total", kind="sink", worker="lake", type="ConnectionFailed") >= 1
@@ -179,5 +160,5 @@ def test_mysql_source_metrics(mysql_db, prefix, tmp_path: Path, workers):
                what="the binlog lag in bytes")
     wait_until(lambda: (scrape(port) or s).value("lakeward_source_lag_seconds", source="legacy") == 0, timeout=30,
                what="the lag in seconds to read 0 once the source is idle (a heartbeat came)")
-    assert get(port, "/readyz") == (200, "ready\n")
+    assert http_get(port, "/readyz") == (200, "ready\n")
     assert worker.terminate() == 0, worker.output()

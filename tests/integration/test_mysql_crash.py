@@ -16,48 +16,22 @@ import pytest
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
-from .conftest import BROKER, wait_until
-from .mysql_fixtures import (  # noqa: F401
-    WriteLoad,
-    lake_equals_mysql,
-    lake_rows,
-    lake_table,
+from .harness import (
+    BROKER,
+    MariaDB,
+    RandomChanges,
+    mirror_and_changelog,
     msql,
-    mysql_db,
+    server_id,
+    topic_end,
+    wait_until,
     write_mysql_config,
 )
-from .test_crash import topic_end
+from .lakecheck import lake_equals_mysql, mysql_lake_table, no_repeated_positions
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 ROWS = 100_000
-
-
-class Load(WriteLoad):
-    """Random inserts, updates (some of the key) and deletes in small transactions until stopped."""
-
-    def __init__(self, db: str, first_id: int, seed: int = 7):
-        super().__init__(db, first_id, seed)
-
-    def transaction(self, cur, rnd: random.Random) -> None:
-        for _ in range(rnd.randint(1, 20)):
-            action = rnd.random()
-            if action < 0.5:
-                cur.execute("INSERT INTO items (id, v, s) VALUES (%s, %s, md5(rand()))", (self.next_id, rnd.randint(0, 99)))
-                self.next_id += 1
-            elif action < 0.8:
-                cur.execute("UPDATE items SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, self.next_id),))
-            elif action < 0.85:
-                cur.execute("UPDATE IGNORE items SET id = %s WHERE id = %s", (self.next_id, rnd.randint(1, self.next_id)))
-                self.next_id += 1
-            else:
-                cur.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, self.next_id),))
-
-
-def no_repeats_in_changelog(lake, db) -> None:
-    rows = lake_rows(lake, db, "items", key="_lakeward_position", metadata=True)
-    positions = [r["_lakeward_position"] for r in rows]
-    assert len(positions) == len(set(positions)), f"{len(positions) - len(set(positions))} events applied twice"
 
 
 @pytest.fixture
@@ -66,17 +40,10 @@ def crash_setup(mysql_db, prefix, tmp_path, workers):
     msql("CREATE TABLE items (id bigint PRIMARY KEY, v int, s char(32))",
          f"INSERT INTO items SELECT seq, seq % 100, md5(seq) FROM seq_1_to_{ROWS}", db=db)
     mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
-    sid = random.randint(2_000_000, 3_000_000)
+    sid = server_id()
 
-    def configs(**source_opts):
-        extra = "".join(f"    {k}: {v}\n" for k, v in source_opts.items())
-        a = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=mirror_lake, extra_source=extra, sid=sid)
-        b = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=changelog_lake, mode="changelog",
-                               extra_source=extra, sink_name="log", sid=sid)
-        if "status_interval_s" in source_opts:
-            for p in (a, b):
-                p.write_text(p.read_text().replace("    status_interval_s: 0.2\n", "", 1))
-        return a, b
+    def configs(**source_settings):
+        return mirror_and_changelog(tmp_path, write_mysql_config, db=db, prefix=prefix, sid=sid, source_settings=source_settings)[:2]
 
     return db, prefix, mirror_lake, changelog_lake, configs, workers
 
@@ -95,12 +62,12 @@ def test_kill_source_mid_snapshot_and_before_the_resume_position_is_written(cras
     source.kill()
     assert topic_end(topic) < ROWS + 1, "the kill was meant to land mid-snapshot"
 
-    load = Load(db, first_id=ROWS + 1)
+    load = RandomChanges(MariaDB(db), "items", first_id=ROWS + 1, key_updates=True)
     load.start()
     for _ in range(3):
         source = workers(no_resume, "--source", "legacy").start()
         # Past the snapshot of the rest (the first kill left it unfinished), into the stream; then kill.
-        wait_until(lambda: "streaming from" in source.output(), timeout=60, what="the source to stream", interval=0.1)
+        wait_until(lambda w=source: "streaming from" in w.output(), timeout=60, what="the source to stream", interval=0.1)
         time.sleep(random.uniform(1, 3))
         source.kill()
     load.stop()
@@ -109,10 +76,10 @@ def test_kill_source_mid_snapshot_and_before_the_resume_position_is_written(cras
     normal, _ = configs()
     source = workers(normal, "--source", "legacy").start()
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
-    wait_until(lambda: lake_table(changelog_lake, db, "items") is not None, timeout=30, what="changelog table")
+    wait_until(lambda: mysql_lake_table(changelog_lake, db, "items") is not None, timeout=30, what="changelog table")
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake, db)
+    no_repeated_positions(changelog_lake, f"{db}.items", "legacy")
     records = asyncio.run(broker.read_topic(BrokerConfig(bootstrap_servers=BROKER), topic))
     assert len(records) > len({dict(r.headers)["lakeward.pos"] for r in records}), "the restarts re-published events"
 
@@ -125,7 +92,7 @@ def test_kill_source_mid_stream_under_load(crash_setup):
     changelog = workers(log_cfg, "--sink", "log").start()
     source = workers(cfg, "--source", "legacy").start()
     wait_until(lambda: topic_end(topic) > ROWS, timeout=60, what="the snapshot", interval=0.2)
-    load = Load(db, first_id=ROWS + 1, seed=11)
+    load = RandomChanges(MariaDB(db), "items", first_id=ROWS + 1, seed=11, key_updates=True)
     load.start()
     rnd = random.Random(5)
     for _ in range(3):
@@ -148,12 +115,12 @@ def test_kill_source_mid_stream_under_load(crash_setup):
     assert len(records) > expected, "the kills were meant to make the source re-publish events"
 
     def changelog_complete():
-        dt = lake_table(changelog_lake, db, "items")
+        dt = mysql_lake_table(changelog_lake, db, "items")
         n = dt.to_pyarrow_dataset().count_rows() if dt else 0
         return n >= expected or f"changelog has {n} of {expected} events"
 
     wait_until(changelog_complete, timeout=60, what="changelog complete", interval=1)
     for w in (mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake, db)
-    assert lake_table(changelog_lake, db, "items").to_pyarrow_dataset().count_rows() == expected
+    no_repeated_positions(changelog_lake, f"{db}.items", "legacy")
+    assert mysql_lake_table(changelog_lake, db, "items").to_pyarrow_dataset().count_rows() == expected

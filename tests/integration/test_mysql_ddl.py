@@ -13,9 +13,7 @@ removes the key, `c`/`r`/`u` set the row) before the comparison.
 
 from __future__ import annotations
 
-import random
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,15 +23,8 @@ import pymysql
 import pytest
 
 from . import lakecheck
-from .conftest import wait_until
-from .mysql_fixtures import (  # noqa: F401
-    connect,
-    lake_table,
-    msql,
-    mysql_db,
-    mysql_rows,
-    write_mysql_config,
-)
+from .harness import MariaDB, TableWrites, connect, msql, wait_until, write_mysql_config
+from .lakecheck import mysql_lake_table, mysql_rows
 
 pytestmark = pytest.mark.integration
 
@@ -199,7 +190,7 @@ def source_rows(db: str, table: str) -> list[dict]:
 
 
 def lake_state(lake: Path, db: str, table: str, mode: str) -> list[dict] | None:
-    dt = lake_table(lake, db, table)
+    dt = mysql_lake_table(lake, db, table)
     if dt is None:
         return None
     rows = dt.to_pyarrow_table().to_pylist()
@@ -226,13 +217,13 @@ def equal(lake: Path, db: str, table: str, mode: str, dropped: tuple[str, ...] =
     except pymysql.err.ProgrammingError:
         want = []  # the table is gone at the source
     if got is not None and len(got) == len(want):
-        want = [{k: _norm_source(v, g.get(k)) for k, v in w.items()} for w, g in zip(want, got)]
+        want = [{k: _norm_source(v, g.get(k)) for k, v in w.items()} for w, g in zip(want, got, strict=True)]
     return lakecheck.compare(f"{db}.{table}", got, want, dropped=dropped)
 
 
 def readable(lake: Path, db: str, table: str) -> None:
     """delta-rs reads the whole table, and the protocol declares what its columns need."""
-    dt = lake_table(lake, db, table)
+    dt = mysql_lake_table(lake, db, table)
     assert dt is not None, f"{db}.{table}: no lake table"
     t = dt.to_pyarrow_table()
     p = dt.protocol()
@@ -245,37 +236,6 @@ def readable(lake: Path, db: str, table: str) -> None:
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-
-
-class Writes(threading.Thread):
-    """Updates and inserts in every table while the DDL runs (statements a table rejects are skipped)."""
-
-    def __init__(self, db: str, tables: list[str]):
-        super().__init__(daemon=True)
-        self.db, self.tables = db, tables
-        self.halt = threading.Event()
-        self.done = 0
-
-    def run(self) -> None:
-        rnd = random.Random(11)
-        conn = connect(database=self.db)
-        next_id = 5000
-        try:
-            with conn.cursor() as cur:
-                while not self.halt.is_set():
-                    t = rnd.choice(self.tables)
-                    try:
-                        if rnd.random() < 0.7:
-                            cur.execute(f"UPDATE `{t}` SET n = n + 1 WHERE id = %s", (rnd.randint(1, SEED_ROWS),))
-                        else:
-                            next_id += 1
-                            cur.execute(f"INSERT INTO `{t}` (id, n) VALUES (%s, 0)", (next_id,))
-                        self.done += 1
-                    except pymysql.err.MySQLError:
-                        pass
-                    time.sleep(0.005)
-        finally:
-            conn.close()
 
 
 def _names(c: Case) -> tuple[str, str, list[str]]:
@@ -292,11 +252,12 @@ def _run_matrix(mode: str, db: str, prefix: str, tmp_path: Path, workers, cases:
     cfg = write_mysql_config(tmp_path / "lakeward.yaml", db=db, prefix=prefix, lake=lake, mode=mode)
     worker = workers(cfg).start()
     for c in cases:
-        wait_until(lambda: equal(lake, db, c.name, mode), timeout=120, what=f"the snapshot of {c.name}")
+        wait_until(lambda c=c: equal(lake, db, c.name, mode), timeout=120, what=f"the snapshot of {c.name}")
 
     # Not the table swapped into a partition: its rows must fit the partition.
     names = sorted({n for c in cases for n in (_names(c)[0], _names(c)[1], *_names(c)[2])} - {"exchange_partition_x"})
-    load = Writes(db, names)
+    load = TableWrites(MariaDB(db), names, update="UPDATE `{t}` SET n = n + 1 WHERE id = %s", insert="INSERT INTO `{t}` (id, n) VALUES (%s, 0)",
+                       update_share=0.7, max_id=SEED_ROWS, seed=11, first_id=5000)
     load.start()
     try:
         for k, c in enumerate(cases):
@@ -315,9 +276,8 @@ def _run_matrix(mode: str, db: str, prefix: str, tmp_path: Path, workers, cases:
                 conn.close()
         time.sleep(1)
     finally:
-        load.halt.set()
-        load.join(30)
-    assert load.done > 50, "the background writes did not run"
+        load.stop()
+    assert load.transactions > 50, "the background writes did not run"
     # A last change in every table, so each has seen the stream after its DDL.
     for c in cases:
         t, final, also = _names(c)
@@ -335,15 +295,15 @@ def _run_matrix(mode: str, db: str, prefix: str, tmp_path: Path, workers, cases:
             if error(c):
                 readable(lake, db, final)
                 pattern = rf"table legacy\.{db}\.{re.escape(final)}\b.*{error(c)}"
-                wait_until(lambda: bool(re.search(pattern, worker.output())) or f"no error matching {pattern!r}",
+                wait_until(lambda pattern=pattern: bool(re.search(pattern, worker.output())) or f"no error matching {pattern!r}",
                            timeout=max(5, deadline - time.monotonic()), what=f"{c.name}: the table to stop")
                 continue
             for name in (final, *also):
-                wait_until(lambda: equal(lake, db, name, mode, c.dropped), timeout=max(5, deadline - time.monotonic()),
+                wait_until(lambda name=name, c=c: equal(lake, db, name, mode, c.dropped), timeout=max(5, deadline - time.monotonic()),
                            what=f"{c.name}: {name} equal to the source")
                 readable(lake, db, name)
             if c.emptied:
-                wait_until(lambda: lake_state(lake, db, t, mode) == [] or f"{t} not emptied: {lake_state(lake, db, t, mode)}",
+                wait_until(lambda t=t: lake_state(lake, db, t, mode) == [] or f"{t} not emptied: {lake_state(lake, db, t, mode)}",
                            timeout=max(5, deadline - time.monotonic()), what=f"{c.name}: the old table emptied")
                 readable(lake, db, t)
         except AssertionError as e:
@@ -380,7 +340,7 @@ def test_reread_after_ddl_survives_sigkill(mysql_db, prefix, tmp_path, workers):
     first = workers(cfg).start()
 
     def count() -> bool | str:
-        dt = lake_table(lake, db, "big")
+        dt = mysql_lake_table(lake, db, "big")
         n = dt.to_pyarrow_dataset().count_rows() if dt else 0
         return n == rows or f"{n} rows"
 
@@ -396,6 +356,6 @@ def test_reread_after_ddl_survives_sigkill(mysql_db, prefix, tmp_path, workers):
     second = workers(cfg).start()
     wait_until(lambda: "reading the table again" in second.output(), timeout=60, what="the restarted worker to re-read the table")
     wait_until(lambda: equal(lake, db, "big", "mirror"), timeout=180, what="lake == source after the restart", interval=2)
-    lake_c = lake_table(lake, db, "big").to_pyarrow_table().column("c").to_pylist()
+    lake_c = mysql_lake_table(lake, db, "big").to_pyarrow_table().column("c").to_pylist()
     assert lake_c.count("filled") == rows + 1
     assert second.terminate() == 0, second.output()[-3000:]

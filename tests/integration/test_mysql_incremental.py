@@ -21,17 +21,8 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
-from .conftest import BROKER, wait_until
-from .mysql_fixtures import (  # noqa: F401
-    MYSQL,
-    lake_equals_mysql,
-    lake_rows,
-    lake_table,
-    msql,
-    mysql_db,
-    write_mysql_config,
-)
-from .test_mysql_crash import Load, no_repeats_in_changelog
+from .harness import BROKER, MYSQL, MariaDB, RandomChanges, msql, wait_until, write_mysql_config
+from .lakecheck import lake_equals_mysql, mysql_lake_rows, mysql_lake_table, no_repeated_positions
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +116,7 @@ def wait_for_changelog(topic: str, changelog_lake, db: str) -> None:
     expected = len({dict(r.headers)["lakeward.pos"] for r in records(topic)})
 
     def changelog_complete():
-        dt = lake_table(changelog_lake, db, "items")
+        dt = mysql_lake_table(changelog_lake, db, "items")
         n = dt.to_pyarrow_dataset().count_rows() if dt else 0
         return n >= expected or f"changelog has {n} of {expected} events"
 
@@ -135,7 +126,7 @@ def wait_for_changelog(topic: str, changelog_lake, db: str) -> None:
 def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, workers):
     db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
     topic = f"{prefix}.legacy.{db}.items"
-    load = Load(db, first_id=20001, seed=3)
+    load = RandomChanges(MariaDB(db), "items", first_id=20001, seed=3, key_updates=True)
     load.start()
     time.sleep(1)
     request(prefix, [f"{db}.items"])
@@ -150,8 +141,8 @@ def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, wo
     wait_for_changelog(topic, changelog_lake, db)
     for w in (source, *sinks):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake, db)
-    assert "incremental snapshot of %s.items done" % db in source.output()
+    no_repeated_positions(changelog_lake, f"{db}.items", "legacy")
+    assert f"incremental snapshot of {db}.items done" in source.output()
 
 
 def test_where_and_refused_tables_leave_the_capture_running(items, workers):
@@ -179,7 +170,7 @@ def test_idle_binlog_does_not_stall_a_job_and_repairs_a_lake(items, workers):
     # The lake loses rows on purpose (the mirror sink stopped meanwhile, so no writer races the delete).
     assert sinks[0].terminate() == 0
     DeltaTable(str(mirror_lake / "legacy" / db / "items")).delete("id % 3 = 0")
-    assert len(lake_rows(mirror_lake, db, "items")) < 20000
+    assert len(mysql_lake_rows(mirror_lake, db, "items")) < 20000
     sinks[0] = workers(cfg, "--sink", "lake").start()
     started = time.monotonic()
     request(prefix, [f"{db}.items"])
@@ -195,7 +186,7 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
     wait_until(lambda: (s := state(prefix)) is not None and s.snapshot_done, timeout=90, what="the initial snapshot")
     topic = f"{prefix}.legacy.{db}.items"
 
-    load = Load(db, first_id=rows + 1, seed=5)
+    load = RandomChanges(MariaDB(db), "items", first_id=rows + 1, seed=5, key_updates=True)
     load.start()
     request(prefix, [f"{db}.items"])
     wait_until(lambda: (s := state(prefix)) is not None and s.jobs and s.jobs[0].rows >= 10_000, timeout=60,
@@ -226,12 +217,12 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
     wait_for_changelog(topic, changelog_lake, db)
     for w in (source, *sinks):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake, db)
+    no_repeated_positions(changelog_lake, f"{db}.items", "legacy")
 
 
 def test_schema_changes_during_a_job(items, workers):
     db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
-    load = Load(db, first_id=20001, seed=9)
+    load = RandomChanges(MariaDB(db), "items", first_id=20001, seed=9, key_updates=True)
     load.start()
     request(prefix, [f"{db}.items"])
     wait_until(lambda: (s := state(prefix)) is not None and s.jobs and s.jobs[0].rows >= 2000, timeout=60,

@@ -14,16 +14,8 @@ import pytest
 from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 
-from .conftest import BROKER, read_topic, wait_until
-from .mysql_fixtures import (  # noqa: F401
-    lake_equals_mysql,
-    lake_rows,
-    lake_table,
-    mquery,
-    msql,
-    mysql_db,
-    write_mysql_config,
-)
+from .harness import BROKER, mquery, msql, read_topic, wait_until, write_mysql_config
+from .lakecheck import lake_equals_mysql, mysql_lake_rows, mysql_lake_table
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +53,13 @@ def test_mirror_follows_every_kind_of_change(mysql_db, prefix, tmp_path, workers
     wait_until(eq, timeout=60, what="a modified column")
     msql("ALTER TABLE orders RENAME COLUMN note TO remark",
          "INSERT INTO orders (id, customer, remark) VALUES (7002, 'r', 'renamed')", db=db)
-    wait_until(lambda: (lake_rows(lake, db, "orders") or [{}])[-1].get("remark") == "renamed", timeout=60, what="a renamed column")
+    wait_until(lambda: (mysql_lake_rows(lake, db, "orders") or [{}])[-1].get("remark") == "renamed", timeout=60, what="a renamed column")
     # A renamed column is a new lake column; rows written after the rename carry it.
     msql("UPDATE orders SET amount = amount + 0.01", db=db)
     wait_until(lambda: eq(dropped=("note",)), timeout=60, what="rows after a column rename")
     msql("ALTER TABLE orders DROP COLUMN paid", "INSERT INTO orders (id, customer) VALUES (7003, 'after drop')", db=db)
     wait_until(lambda: lake_equals_mysql(db, lake, "orders", dropped=("note", "paid")), timeout=60, what="a dropped column")
-    rows = {r["id"]: r for r in lake_rows(lake, db, "orders")}
+    rows = {r["id"]: r for r in mysql_lake_rows(lake, db, "orders")}
     assert rows[7003]["paid"] is None and rows[2]["paid"] is False, "a dropped column stays, null for new rows"
 
     msql("TRUNCATE TABLE orders", "INSERT INTO orders (id, customer) VALUES (1, 'after truncate')", db=db)
@@ -81,12 +73,12 @@ def test_mirror_follows_every_kind_of_change(mysql_db, prefix, tmp_path, workers
     msql("CREATE TABLE copied (PRIMARY KEY (id)) SELECT * FROM fresh", db=db)  # one transaction: DDL, rows, XID
     wait_until(lambda: lake_equals_mysql(db, lake, "copied"), timeout=60, what="CREATE TABLE ... SELECT")
     wait_until(lambda: lake_equals_mysql(db, lake, "orders_v2"), timeout=60, what="a renamed table, snapshotted")
-    wait_until(lambda: lake_rows(lake, db, "orders") == [] or "orders not emptied", timeout=60, what="the old name emptied")
+    wait_until(lambda: mysql_lake_rows(lake, db, "orders") == [] or "orders not emptied", timeout=60, what="the old name emptied")
     msql("DROP TABLE fresh", db=db)
-    wait_until(lambda: lake_rows(lake, db, "fresh") == [] or "fresh not emptied", timeout=60, what="a dropped table emptied")
+    wait_until(lambda: mysql_lake_rows(lake, db, "fresh") == [] or "fresh not emptied", timeout=60, what="a dropped table emptied")
 
     assert worker.terminate() == 0, worker.output()[-3000:]
-    meta = lake_rows(lake, db, "orders_v2", metadata=True)
+    meta = mysql_lake_rows(lake, db, "orders_v2", metadata=True)
     assert set(meta[0]) >= {"_lakeward_op", "_lakeward_position", "_lakeward_committed_at"}
 
 
@@ -96,12 +88,12 @@ def test_changelog_appends_every_event_once(mysql_db, prefix, tmp_path, workers)
     lake = tmp_path / "lake"
     cfg = write_mysql_config(tmp_path / "lakeward.yaml", db=db, prefix=prefix, lake=lake, mode="changelog")
     worker = workers(cfg).start()
-    wait_until(lambda: lake_table(lake, db, "t") is not None, timeout=60, what="the changelog table")
+    wait_until(lambda: mysql_lake_table(lake, db, "t") is not None, timeout=60, what="the changelog table")
     msql("UPDATE t SET v = 10 WHERE id = 1", "DELETE FROM t WHERE id = 2", "INSERT INTO t VALUES (3, 3)",
          "UPDATE t SET id = 4 WHERE id = 3", db=db)
 
     def ops():
-        rows = lake_rows(lake, db, "t", key="_lakeward_position", metadata=True)
+        rows = mysql_lake_rows(lake, db, "t", key="_lakeward_position", metadata=True)
         return [r["_lakeward_op"] for r in rows] if rows else []
 
     wait_until(lambda: len(ops()) >= 8 or str(ops()), timeout=60, what="all events in the changelog")
@@ -119,16 +111,16 @@ def test_type_change_delta_cannot_merge(mysql_db, prefix, tmp_path, workers, mod
          "INSERT INTO a VALUES (1, 1.5)", "INSERT INTO b VALUES (1)", db=db)
     lake = tmp_path / "lake"
     worker = workers(write_mysql_config(tmp_path / "lakeward.yaml", db=db, prefix=prefix, lake=lake, mode=mode)).start()
-    wait_until(lambda: lake_table(lake, db, "a") is not None and lake_table(lake, db, "b") is not None, timeout=60, what="snapshot")
+    wait_until(lambda: mysql_lake_table(lake, db, "a") is not None and mysql_lake_table(lake, db, "b") is not None, timeout=60, what="snapshot")
     msql("ALTER TABLE a MODIFY amount decimal(20,4)", "INSERT INTO a VALUES (2, 2.5)", "INSERT INTO b VALUES (2)", db=db)
     if mode == "mirror":
         wait_until(lambda: lake_equals_mysql(db, lake, "a"), timeout=60, what="table a rewritten with the new type")
-        assert str(pa.schema(lake_table(lake, db, "a").schema().to_arrow()).field("amount").type) == "decimal128(20, 4)"
+        assert str(pa.schema(mysql_lake_table(lake, db, "a").schema().to_arrow()).field("amount").type) == "decimal128(20, 4)"
     else:
         wait_until(lambda: "changed type" in worker.output(), timeout=60, what="the sink to stop table a")
         assert "column 'amount' changed type from decimal128(10, 2) to decimal128(20, 4)" in worker.output()
     def b_ids() -> set:
-        rows = lake_rows(lake, db, "b", key="_lakeward_position", metadata=True) or []
+        rows = mysql_lake_rows(lake, db, "b", key="_lakeward_position", metadata=True) or []
         return {r["id"] for r in rows if r["id"] is not None}
 
     wait_until(lambda: b_ids() == {1, 2} or str(b_ids()), timeout=60, what="table b to keep flowing")
@@ -142,19 +134,19 @@ def test_one_million_row_transaction(mysql_db, prefix, tmp_path, workers):
     cfg = write_mysql_config(tmp_path / "lakeward.yaml", db=db, prefix=prefix, lake=lake)
     # Source and sink in their own processes (as in production), so each has a core.
     source, sink = workers(cfg, "--source", "legacy").start(), workers(cfg, "--sink", "lake").start()
-    wait_until(lambda: lake_table(lake, db, "big") is not None, timeout=60, what="the empty table")
+    wait_until(lambda: mysql_lake_table(lake, db, "big") is not None, timeout=60, what="the empty table")
     started = time.monotonic()
     msql("INSERT INTO big SELECT seq, seq % 1000, md5(seq) FROM seq_1_to_1000000", db=db)
 
     def count():
-        dt = lake_table(lake, db, "big")
+        dt = mysql_lake_table(lake, db, "big")
         n = dt.to_pyarrow_dataset().count_rows() if dt else 0
         return n == 1_000_000 or f"{n} rows in the lake"
 
     wait_until(count, timeout=240, what="1M rows", interval=1)
     print(f"1M-row transaction in the lake after {time.monotonic() - started:.1f}s")
     # Every row and column (the source's values are a function of the id).
-    t = lake_table(lake, db, "big").to_pyarrow_table().sort_by("id")
+    t = mysql_lake_table(lake, db, "big").to_pyarrow_table().sort_by("id")
     ids = t.column("id").to_pylist()
     assert ids == list(range(1, 1_000_001))
     assert t.column("v").to_pylist() == [i % 1000 for i in ids]
@@ -189,7 +181,7 @@ def test_snapshot_never_streams_changes_only(mysql_db, prefix, tmp_path, workers
     # The binlog reader's own line: the position it streams from is taken after the source's first log line.
     wait_until(lambda: re.search(r"streaming from \S+:\d+", worker.output()) is not None, timeout=60, what="the source to stream")
     msql("INSERT INTO t VALUES (2, 'new')", "UPDATE t SET v = 'changed' WHERE id = 1", db=db)
-    wait_until(lambda: lake_rows(lake, db, "t") == [{"id": 1, "v": "changed"}, {"id": 2, "v": "new"}] or str(lake_rows(lake, db, "t")),
+    wait_until(lambda: mysql_lake_rows(lake, db, "t") == [{"id": 1, "v": "changed"}, {"id": 2, "v": "new"}] or str(mysql_lake_rows(lake, db, "t")),
                timeout=60, what="the changes only")
     assert "snapshot of" not in worker.output()
     assert worker.terminate() == 0

@@ -20,8 +20,7 @@ from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import ConnectionFailed, SourceSetupError, TerminalError
 
-from .conftest import BROKER, read_topic
-from .mysql_fixtures import MYSQL, mquery, msql, mysql_db, server_id  # noqa: F401
+from .harness import BROKER, MYSQL, mquery, msql, read_topic, server_id
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +28,14 @@ WHERE = f"{MYSQL['host']}:{MYSQL['port']}"
 
 
 def make_source(db: str, prefix: str, **kw) -> MySQLSource:
-    opts = dict(name="legacy", host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"], password=MYSQL["password"],
-                tables=[f"{db}.*"], server_id=server_id(), status_interval_s=0.2, heartbeat_interval_s=0.5)
-    opts.update(kw)
+    opts = {"name": "legacy", **MYSQL, "tables": [f"{db}.*"], "server_id": server_id(), "status_interval_s": 0.2,
+            "heartbeat_interval_s": 0.5, **kw}
     return MySQLSource(MySQLSourceConfig(**opts), broker=BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix))
 
 
 @contextlib.contextmanager
 def global_variable(name: str, value: str):
+    """The server-wide `name` set to `value` for the block (a test using it is marked mariadb_globals)."""
     old = mquery(f"SELECT @@GLOBAL.{name}")[0][0]
     msql(f"SET GLOBAL {name} = '{value}'")
     try:
@@ -57,6 +56,7 @@ async def running(source: MySQLSource):
             await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.mariadb_globals
 @pytest.mark.parametrize("name, bad, want", [
     ("binlog_format", "MIXED", "ROW"),
     ("binlog_row_image", "MINIMAL", "FULL"),
@@ -72,6 +72,7 @@ async def test_wrong_binlog_settings_are_refused_with_the_fix(mysql_db, prefix, 
     assert f"SET GLOBAL {name} = '{want}'" in msg and "config file" in msg
 
 
+@pytest.mark.mariadb_globals
 async def test_compressed_binlog_is_refused_at_startup(mysql_db, prefix):
     source = make_source(mysql_db, prefix)
     with global_variable("log_bin_compress", "ON"):
@@ -79,6 +80,7 @@ async def test_compressed_binlog_is_refused_at_startup(mysql_db, prefix):
             await source.check()
 
 
+@pytest.mark.mariadb_globals
 async def test_compressed_event_at_runtime_stops_the_source(mysql_db, prefix):
     """Turned on while the source runs: the first compressed event stops it; nothing is skipped."""
     msql("CREATE TABLE t (id int PRIMARY KEY, s text)", "INSERT INTO t VALUES (1, 'a')", db=mysql_db)

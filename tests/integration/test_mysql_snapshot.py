@@ -23,18 +23,21 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 
-from .conftest import BROKER, wait_until
-from .mysql_fixtures import (  # noqa: F401
+from .harness import (
+    BROKER,
     MYSQL,
+    Execute,
+    MariaDB,
     WriteLoad,
     connect,
-    lake_equals_mysql,
-    lake_rows,
+    mirror_and_changelog,
     mquery,
     msql,
-    mysql_db,
+    server_id,
+    wait_until,
     write_mysql_config,
 )
+from .lakecheck import lake_equals_mysql, mysql_lake_rows, no_repeated_positions
 
 pytestmark = pytest.mark.integration
 
@@ -66,41 +69,35 @@ class Writes(WriteLoad):
     """Small transactions on every table until stopped: inserts, updates of keyed rows, deletes."""
 
     def __init__(self, db: str, first_id: int, seed: int = 3):
-        super().__init__(db, first_id, seed, pause_s=0.001)
+        super().__init__(MariaDB(db), seed, first_id=first_id, pause_s=0.001)
 
-    def transaction(self, cur, rnd: random.Random) -> None:
+    def transaction(self, execute: Execute, rnd: random.Random) -> None:
         i = self.next_id
         self.next_id += 1
         table = rnd.choice(list(TABLES))
         if table == "n_plain":
-            cur.execute("INSERT INTO n_plain VALUES (%s, 1, 'new')", (i,))
-            cur.execute("DELETE FROM n_plain WHERE id = %s", (rnd.randint(1, i),))
+            execute("INSERT INTO n_plain VALUES (%s, 1, 'new')", (i,))
+            execute("DELETE FROM n_plain WHERE id = %s", (rnd.randint(1, i),))
         elif table == "k_composite":
-            cur.execute("INSERT INTO k_composite VALUES (%s, %s, %s, 1)", (i % 7, f"N-{i}", i))
-            cur.execute("UPDATE k_composite SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
+            execute("INSERT INTO k_composite VALUES (%s, %s, %s, 1)", (i % 7, f"N-{i}", i))
+            execute("UPDATE k_composite SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
         else:
             key = f"new {i}" if table != "k_binary" else i.to_bytes(16, "big")
-            cur.execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (key, i))
-            cur.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
-            cur.execute(f"DELETE FROM {table} WHERE id = %s", (rnd.randint(1, i),))
+            execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (key, i))
+            execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (rnd.randint(1, i),))
+            execute(f"DELETE FROM {table} WHERE id = %s", (rnd.randint(1, i),))
 
 
 def configs(tmp_path: Path, db: str, prefix: str, **source_opts) -> tuple[Path, Path, Path, Path]:
     """(mirror config, changelog config, mirror lake, changelog lake); the mirror writes the keyed tables."""
-    extra = "".join(f"    {k}: {v}\n" for k, v in source_opts.items())
-    sid = random.randint(2_000_000, 3_000_000)
-    mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
-    mirror = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=mirror_lake, extra_source=extra, sid=sid,
-                                extra_sink=f"    tables: ['{db}.k_*', '{db}.a_*', '{db}.c_*']\n")
-    changelog = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=changelog_lake, mode="changelog",
-                                   extra_source=extra, sink_name="log", sid=sid)
-    return mirror, changelog, mirror_lake, changelog_lake
+    return mirror_and_changelog(tmp_path, write_mysql_config, db=db, prefix=prefix, sid=server_id(), source_settings=source_opts,
+                                mirror_sink=f"    tables: ['{db}.k_*', '{db}.a_*', '{db}.c_*']\n")
 
 
 def replay_changelog(lake: Path, db: str, table: str) -> list[dict] | str:
     """The table's rows by replaying its changelog in position order (a multiset: keyless tables can
     hold equal rows), sorted by id; a description when a delete finds no row."""
-    events = lake_rows(lake, db, table, key="_lakeward_position", metadata=True)
+    events = mysql_lake_rows(lake, db, table, key="_lakeward_position", metadata=True)
     if events is None:
         return f"no changelog for {table} yet"
     rows: Counter = Counter()
@@ -142,12 +139,6 @@ def mquery_dicts(sql: str) -> list[dict]:
         conn.close()
 
 
-def no_repeats(lake: Path, db: str, table: str) -> None:
-    events = lake_rows(lake, db, table, key="_lakeward_position", metadata=True) or []
-    positions = [e["_lakeward_position"] for e in events]
-    assert len(positions) == len(set(positions)), f"{table}: {len(positions) - len(set(positions))} events applied twice"
-
-
 def topic_records(prefix: str, db: str, table: str) -> list:
     return asyncio.run(broker.read_topic(BrokerConfig(bootstrap_servers=BROKER), f"{prefix}.legacy.{db}.{table}"))
 
@@ -175,14 +166,14 @@ def test_parallel_snapshot_of_every_key_kind_under_writes(mysql_db, prefix, tmp_
 
     for table in TABLES:
         if table.startswith("k_"):
-            wait_until(lambda: lake_equals_mysql(db, mirror_lake, table), timeout=30, what=f"mirror {table} == source", interval=0.5)
+            wait_until(lambda table=table: lake_equals_mysql(db, mirror_lake, table), timeout=30, what=f"mirror {table} == source", interval=0.5)
         else:
-            wait_until(lambda: changelog_equals_mysql(changelog_lake, db, table), timeout=30, what=f"changelog {table} == source",
+            wait_until(lambda table=table: changelog_equals_mysql(changelog_lake, db, table), timeout=30, what=f"changelog {table} == source",
                        interval=0.5)
-        no_repeats(changelog_lake, db, table)
+        no_repeated_positions(changelog_lake, f"{db}.{table}", "legacy")
         # Published in chunk order: snapshot positions strictly increase along the topic.
         snap = snapshot_positions(topic_records(prefix, db, table))
-        assert all(a < b for a, b in zip(snap, snap[1:])), f"{table}: snapshot events out of order"
+        assert all(a < b for a, b in zip(snap, snap[1:], strict=False)), f"{table}: snapshot events out of order"
         chunks = {seq >> 32 for _f, _p, _ph, seq, _r in snap[1:]}
         if table.startswith("k_"):
             assert len(chunks) >= ROWS // 97 - 3, f"{table}: read in {len(chunks)} chunk(s)"

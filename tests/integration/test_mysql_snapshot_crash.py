@@ -16,13 +16,11 @@ import pytest
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
-from .conftest import BROKER, wait_until
-from .mysql_fixtures import WriteLoad, lake_equals_mysql, msql, mysql_db  # noqa: F401
-from .test_crash import topic_end
+from .harness import BROKER, Execute, MariaDB, WriteLoad, msql, topic_end, wait_until
+from .lakecheck import lake_equals_mysql, no_repeated_positions
 from .test_mysql_snapshot import (
     changelog_equals_mysql,
     configs,
-    no_repeats,
     snapshot_positions,
     topic_records,
 )
@@ -31,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 ROWS = {"a_keyed": 40_000, "b_nokey": 60_000, "c_keyed": 20_000}
 """Read in this order (by name): a before b before c."""
-SOURCE = dict(snapshot_parallelism=2, snapshot_chunk_rows=1000)
+SOURCE = {"snapshot_parallelism": 2, "snapshot_chunk_rows": 1000}
 
 
 @pytest.fixture
@@ -49,17 +47,17 @@ class Writes(WriteLoad):
     deletes of the keyless one (its changelog is replayed: no updates there)."""
 
     def __init__(self, db: str, seed: int = 17):
-        super().__init__(db, 10_000_000, seed)
+        super().__init__(MariaDB(db), seed, first_id=10_000_000)
 
-    def transaction(self, cur, rnd: random.Random) -> None:
+    def transaction(self, execute: Execute, rnd: random.Random) -> None:
         for _ in range(rnd.randint(1, 5)):
             table = rnd.choice(list(ROWS))
             self.next_id += 1
-            cur.execute(f"INSERT INTO {table} VALUES (%s, 1, md5(rand()))", (self.next_id,))
+            execute(f"INSERT INTO {table} VALUES (%s, 1, md5(rand()))", (self.next_id,))
             victim = rnd.randint(1, ROWS[table])
             if table != "b_nokey":
-                cur.execute(f"UPDATE {table} SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, ROWS[table]),))
-            cur.execute(f"DELETE FROM {table} WHERE id = %s", (victim,))
+                execute(f"UPDATE {table} SET v = v + 1, s = md5(rand()) WHERE id = %s", (rnd.randint(1, ROWS[table]),))
+            execute(f"DELETE FROM {table} WHERE id = %s", (victim,))
 
 
 def read_state(prefix: str) -> dict | None:
@@ -122,7 +120,7 @@ def test_kill_mid_snapshot_keeps_finished_tables_and_rereads_the_rest(tables, pr
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     for table in ROWS:
-        no_repeats(changelog_lake, db, table)
+        no_repeated_positions(changelog_lake, f"{db}.{table}", "legacy")
     # The finished table was read once; the keyless one at three points; the last one once, at the third.
     reads = {t: points(prefix, db, t) for t in ROWS}
     assert len(reads["a_keyed"]) == 1 and len(reads["b_nokey"]) == 3 and len(reads["c_keyed"]) == 1, reads
@@ -170,7 +168,7 @@ def test_kill_mid_keyed_table_goes_on_after_its_last_acknowledged_key(tables, pr
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     for table in ROWS:
-        no_repeats(changelog_lake, db, table)
+        no_repeated_positions(changelog_lake, f"{db}.{table}", "legacy")
     at_first_point = [p for p in snapshot_positions(topic_records(prefix, db, "a_keyed")) if p[:2] == reads["a_keyed"][0]]
     assert len(at_first_point) <= first_read, "done chunks were read again at the first point"
     reread = sum(len(snapshot_positions(topic_records(prefix, db, t))) for t in ROWS) - sum(ROWS.values())

@@ -13,53 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import struct
-import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pytest
-from deltalake import DeltaTable, write_deltalake
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
 from lakeward.connectors.mysql.source import MySQLSource
-from lakeward.core import broker as kafka
 from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
-from lakeward.sinks.delta.arrow import to_arrow
 
-from .conftest import BROKER
-from .mysql_fixtures import MYSQL, mquery, msql, server_id
+from .harness import BROKER, MYSQL, mquery, msql, server_id, server_lock, unique_name
+from .type_matrix import Case, check_case, check_delta_stores_every_column, f32, insert_statements, records
 
 pytestmark = pytest.mark.integration
-
-UTC = UTC
-
-
-def f32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def wkb_point(x: float, y: float) -> bytes:
     return struct.pack("<BIdd", 1, 1, x, y)
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    ddl: str
-    values: tuple[str, ...]
-    lake: str
-    expected: tuple
-    source: str | None = None
-    """information_schema's COLUMN_TYPE, when it differs from `ddl`."""
 
 
 CASES: list[Case] = [
@@ -171,15 +147,6 @@ def quote(name: str) -> str:
     return f"`{name}`"
 
 
-def insert_statements(first_id: int) -> list[str]:
-    cols = ", ".join(quote(c.name) for c in CASES)
-    out = []
-    for i in range(ROWS):
-        values = ", ".join(c.values[i] if i < len(c.values) else "DEFAULT" for c in CASES)
-        out.append(f"INSERT INTO wide (id, {cols}) VALUES ({first_id + i}, {values})")
-    return out
-
-
 @dataclass
 class Captured:
     schema: TableSchema | None = None
@@ -193,20 +160,6 @@ class Captured:
     error: BaseException | None = None
 
 
-async def _records(cfg: BrokerConfig, topic: str, count: int, task: asyncio.Task, timeout: float = 60) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        if task.done():
-            task.result()
-            raise AssertionError("the source stopped")
-        records = await kafka.read_topic(cfg, topic)
-        if len(records) >= count:
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{topic}: {len(records)} records after {timeout}s, expected {count}")
-        await asyncio.sleep(0.1)
-
-
 async def _capture(db: str, prefix: str) -> Captured:
     broker = BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix)
     cfg = MySQLSourceConfig(name="legacy", host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"], password=MYSQL["password"],
@@ -216,16 +169,16 @@ async def _capture(db: str, prefix: str) -> Captured:
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
     try:
-        await _records(broker, topic, 1 + ROWS, task)  # the truncate marker and the snapshot
-        msql("SET SESSION sql_mode = ''", "BEGIN", *insert_statements(STREAM_ID + 1), "COMMIT", db=db)
+        await records(broker, topic, 1 + ROWS, task, timeout=60)  # the truncate marker and the snapshot
+        msql("SET SESSION sql_mode = ''", "BEGIN", *insert_statements(CASES, STREAM_ID + 1, quote), "COMMIT", db=db)
         msql(f"UPDATE wide SET marker = 1 WHERE id > {STREAM_ID}", db=db)
-        records = await _records(broker, topic, 1 + 3 * ROWS, task)
+        topic_records = await records(broker, topic, 1 + 3 * ROWS, task, timeout=60)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
     reader = SchemaReader(broker)
     out = Captured(snapshot={}, stream={}, before={}, sources={})
-    for r in records:
+    for r in topic_records:
         value = orjson.loads(r.value)
         out.sources.setdefault(value["op"], value["source"])
         schema = await reader.get("legacy", dict(r.headers)["lakeward.schema"].decode())
@@ -242,32 +195,20 @@ async def _capture(db: str, prefix: str) -> Captured:
 
 @pytest.fixture(scope="module")
 def captured() -> Captured:
-    db = f"lw_{uuid.uuid4().hex[:10]}"
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    db, prefix = unique_name("lw_"), unique_name("t")
     msql(f"CREATE DATABASE `{db}`")
     try:
         columns = ", ".join(f"{quote(c.name)} {c.ddl}" for c in CASES)
         msql(f"CREATE TABLE wide (id int PRIMARY KEY, marker int, {columns}, gen int AS (id * 2) VIRTUAL)", db=db)
-        msql("SET SESSION sql_mode = ''", *insert_statements(1), db=db)
+        msql("SET SESSION sql_mode = ''", *insert_statements(CASES, 1, quote), db=db)
         try:
-            out = asyncio.run(_capture(db, prefix))
+            with server_lock("mariadb", exclusive=False):  # the module's one source run; its tests read what it captured
+                out = asyncio.run(_capture(db, prefix))
         except Exception as e:  # noqa: BLE001 - reported by every case
             out = Captured(error=e)
         yield out
     finally:
         msql(f"DROP DATABASE IF EXISTS `{db}`")
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, datetime) and isinstance(b, datetime) and (a.tzinfo is None) != (b.tzinfo is None):
-        return False
-    return type(a) is type(b) and a == b or (a is None and b is None)
 
 
 def check_source_ran(captured: Captured) -> None:
@@ -286,30 +227,14 @@ def test_snapshot_and_stream_share_one_schema(captured):
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_type(case: Case, captured: Captured):
     check_source_ran(captured)
-    assert len(case.values) == len(case.expected), "a case lists one expected value per literal"
-    column = captured.schema.column(case.name)
-    assert (column.source_type, column.lake_type) == (case.source or case.ddl, case.lake)
-    n = len(case.values)
-    snapshot = [captured.snapshot[1 + i][case.name] for i in range(n)]
-    stream = [captured.stream[STREAM_ID + 1 + i][case.name] for i in range(n)]
-    before = [captured.before[STREAM_ID + 1 + i][case.name] for i in range(n)]
-    assert snapshot == stream, "the snapshot and the binlog must give the same envelope values"
+    stream = check_case(case, captured.schema, captured.snapshot, captured.stream, STREAM_ID)
+    before = [captured.before[STREAM_ID + 1 + i][case.name] for i in range(len(case.values))]
     assert before == stream, "an update's before image must decode like the insert"
-    got = to_arrow(stream, column.lake_type).to_pylist()
-    assert _same(got, list(case.expected)), f"\n got      {got}\n expected {list(case.expected)}\n envelope {stream}"
 
 
 def test_delta_stores_every_column(captured: Captured, tmp_path):
-    """The sink's path in small: to_arrow per lake type, one Delta write; the Delta type is the lake type."""
     check_source_ran(captured)
-    ids = sorted(captured.stream)
-    columns = {c.name: to_arrow([captured.stream[i].get(c.name) for i in ids], c.lake_type) for c in captured.schema.columns}
-    write_deltalake(str(tmp_path / "wide"), pa.table(columns))
-    dt = DeltaTable(str(tmp_path / "wide"))
-    assert {f.name: f.type.type for f in dt.schema().fields} == {c.name: c.lake_type for c in captured.schema.columns}
-    stored = dt.to_pyarrow_table().sort_by("id")
-    for name, written in columns.items():
-        assert _same(stored.column(name).to_pylist(), written.to_pylist()), name
+    check_delta_stores_every_column(captured.schema, captured.stream, tmp_path / "wide")
 
 
 def test_geometry_is_plain_wkb(captured: Captured):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import random
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from .conftest import sql, wait_until, write_config
+from .harness import Postgres, TableWrites, sql, wait_until, write_config
 from .lakecheck import compare, lake_rows, lake_table, source_rows
 
 pytestmark = pytest.mark.integration
@@ -145,38 +143,6 @@ def setup_tables(dsn: str) -> None:
             sql(dsn, _fmt(f"INSERT INTO {{t}} (id, v, x) SELECT g, g, {case.x_value} FROM generate_series(1, {SEED}) g", case))
 
 
-class Load(threading.Thread):
-    """Updates of v (and inserts of new ids) on every table in small transactions, until stopped:
-    the writes that go on while the DDL runs. Statements on a table that is gone or locked are skipped."""
-
-    def __init__(self, dsn: str, tables: list[str]):
-        super().__init__(daemon=True)
-        self.dsn, self.tables = dsn, tables
-        self.halt = threading.Event()
-        self.writes = 0
-
-    def run(self) -> None:
-        rnd = random.Random(3)
-        next_id = 2000
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.halt.is_set():
-                t = rnd.choice(self.tables)
-                try:
-                    if rnd.random() < 0.8:
-                        conn.execute(f"UPDATE {t} SET v = v + 1 WHERE id = %s", (rnd.randint(1, SEED),))
-                    else:
-                        next_id += 1
-                        conn.execute(f"INSERT INTO {t} (id, v, x) VALUES (%s, 0, '0')", (next_id,))
-                    self.writes += 1
-                except psycopg.Error:
-                    pass
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
-
-
 def replay_changelog(lake: Path, table: str) -> list[dict] | None:
     """The table a changelog reader reconstructs: events in position order, `t` empties it."""
     rows = lake_rows(lake, table, key="_lakeward_position", metadata=True)
@@ -211,7 +177,7 @@ def source_table(dsn: str, table: str, drop: tuple[str, ...] = ()) -> list[dict]
         if v is not None and is_json:
             return json.dumps(v)
         return str(v) if isinstance(v, uuid.UUID | datetime.time) else v
-    return [{n: value(v, j) for (n, j), v in zip(desc, row) if n not in drop} for row in rows]
+    return [{n: value(v, j) for (n, j), v in zip(desc, row, strict=True) if n not in drop} for row in rows]
 
 
 def table_errors(log: str, table: str) -> list[str]:
@@ -252,10 +218,12 @@ def test_pg_ddl_matrix(matrix):
     for case in initial:
         if case.name == "add_pk":
             continue  # no primary key yet: the mirror stops the table until it has one
-        wait_until(lambda: compare(case.t, lake_rows(mirror_lake, case.t), source_table(database, case.t, case.not_in_lake)),
+        wait_until(lambda case=case: compare(case.t, lake_rows(mirror_lake, case.t), source_table(database, case.t, case.not_in_lake)),
                    timeout=120, what=f"snapshot of {case.t}")
 
-    load = Load(database, [c.t for c in initial if c.name not in ("drop_recreate", "rename_table")])
+    load = TableWrites(Postgres(database), [c.t for c in initial if c.name not in ("drop_recreate", "rename_table")],
+                       update="UPDATE {t} SET v = v + 1 WHERE id = %s", insert="INSERT INTO {t} (id, v, x) VALUES (%s, 0, '0')",
+                       update_share=0.8, max_id=SEED, seed=3, first_id=2000)
     load.start()
     time.sleep(1)
     for case in CASES:
@@ -266,7 +234,7 @@ def test_pg_ddl_matrix(matrix):
             sql(database, _fmt(s, case).replace("t_rename_table", case.final) if case.table else _fmt(s, case))
     time.sleep(2)
     load.stop()
-    assert load.writes > 100
+    assert load.transactions > 100
 
     failures: dict[str, str] = {}
     deadline = time.monotonic() + 120

@@ -15,7 +15,6 @@ import sys
 import time
 
 import orjson
-import psycopg
 import pytest
 
 from lakeward.connectors.postgres.source import STATE_KEY, _SnapshotState
@@ -23,9 +22,20 @@ from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 from lakeward.core.snapshot import new_request, send_request
 
-from .conftest import BROKER, WriteLoad, read_topic, sql, wait_until, write_config
-from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, source_rows
-from .test_crash import Load, no_repeats_in_changelog, topic_end, wait_for_changelog
+from .harness import (
+    BROKER,
+    Execute,
+    Postgres,
+    RandomChanges,
+    WriteLoad,
+    read_topic,
+    sql,
+    topic_end,
+    wait_until,
+    write_config,
+)
+from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, no_repeated_positions, source_rows
+from .test_crash import wait_for_changelog
 
 pytestmark = pytest.mark.integration
 
@@ -65,27 +75,27 @@ class HotLoad(WriteLoad):
     one, so a stale row published by a snapshot would not be overwritten by a later change."""
 
     def __init__(self, dsn: str, hot: list[int], first_new: int, seed: int, retire_after_s: float):
-        super().__init__(dsn, seed, pause_s=0.001)
+        super().__init__(Postgres(dsn), seed, pause_s=0.001)
         self.hot, self.next_new = list(hot), first_new
         self.retire_every = retire_after_s / max(1, len(hot))
         self.started = time.monotonic()
 
-    def transaction(self, conn: psycopg.Connection, rnd: random.Random) -> None:
+    def transaction(self, execute: Execute, rnd: random.Random) -> None:
         retired = int((time.monotonic() - self.started) / self.retire_every)
         live = self.hot[retired:] or self.hot[-1:]
         for _ in range(rnd.randint(1, 8)):
             k, action = rnd.choice(live), rnd.random()
             if action < 0.45:
-                conn.execute("UPDATE items SET v = v + 1, s = md5(random()::text) WHERE id = %s", (k,))
+                execute("UPDATE items SET v = v + 1, s = md5(random()::text) WHERE id = %s", (k,))
             elif action < 0.6:
-                conn.execute("DELETE FROM items WHERE id = %s", (k,))
+                execute("DELETE FROM items WHERE id = %s", (k,))
             elif action < 0.8:
-                conn.execute("INSERT INTO items VALUES (%s, 0, 'back') ON CONFLICT (id) DO UPDATE SET v = items.v + 1, s = 'again'", (k,))
+                execute("INSERT INTO items VALUES (%s, 0, 'back') ON CONFLICT (id) DO UPDATE SET v = items.v + 1, s = 'again'", (k,))
             elif action < 0.9:
-                conn.execute("INSERT INTO items VALUES (%s, 1, 'new')", (self.next_new,))
+                execute("INSERT INTO items VALUES (%s, 1, 'new')", (self.next_new,))
                 self.next_new += 2
             else:
-                conn.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, 3000),))
+                execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, 3000),))
 
 
 def check_reads_against_changelog(lake) -> int:
@@ -152,7 +162,7 @@ def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, p
     wait_for_changelog(changelog_lake, topic, timeout=90)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
-    no_repeats_in_changelog(changelog_lake)
+    no_repeated_positions(changelog_lake, "items")
     assert check_reads_against_changelog(changelog_lake) == len(got)
 
 
@@ -164,7 +174,7 @@ def test_killed_source_resumes_the_job_from_its_progress(database, prefix, tmp_p
     source = workers(cfg, "--source", "shop").start()
     mirror = workers(cfg, "--sink", "lake").start()
     wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=120, what="initial snapshot in the mirror", interval=1)
-    load = Load(database, "items", first_id=100001)
+    load = RandomChanges(Postgres(database), "items", first_id=100001)
     load.start()
     request(prefix, ["public.items"])
 

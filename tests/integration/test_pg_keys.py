@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from .conftest import sql, wait_until, write_config
+from .harness import sql, wait_until, write_config
 from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, source_rows
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from lakeward.core import broker
 from lakeward.core.config import BrokerConfig
 
-from .conftest import BROKER, sql, wait_until, write_config
+from .harness import BROKER, sql, wait_until, write_config
 from .lakecheck import compare, lake_rows, lake_table, source_rows
 from .test_cli import cli
 

@@ -10,7 +10,7 @@ import pytest
 
 from lakeward.core.errors import SourceSetupError
 
-from .conftest import ADMIN_DSN, dsn_for, sql, wait_until, write_config
+from .harness import ADMIN_DSN, dsn_for, sql, wait_until, write_config
 from .lakecheck import lake_equals_source
 from .test_postgres_source import make_source
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from .conftest import sql, wait_until, write_config
+from .harness import sql, wait_until, write_config
+from .lakecheck import no_repeated_positions
 from .pg_snapshot_checks import (
     changelog_equals,
     chunk_indexes,
     mirror_equals,
-    no_repeated_positions,
     op_of,
     position,
     read_events,
@@ -72,9 +72,9 @@ def test_parallel_snapshot_of_many_chunks(database, prefix, tmp_path, workers):
     sinks = [workers(cfg, "--sink", "lake").start(), workers(log_cfg, "--sink", "log").start()]
 
     for table, key in KEYED.items():
-        wait_until(lambda: mirror_equals(database, mirror, table, key), timeout=90, what=f"mirror {table} == source")
+        wait_until(lambda table=table, key=key: mirror_equals(database, mirror, table, key), timeout=90, what=f"mirror {table} == source")
     for table in SMALL:
-        wait_until(lambda: mirror_equals(database, mirror, table, ("id",)), timeout=60, what=f"mirror {table} == source")
+        wait_until(lambda table=table: mirror_equals(database, mirror, table, ("id",)), timeout=60, what=f"mirror {table} == source")
     wait_until(lambda: changelog_equals(database, changelog, "nokey"), timeout=60, what="changelog nokey == source")
 
     assert "on 3 connections" in source.output()
@@ -90,7 +90,7 @@ def test_parallel_snapshot_of_many_chunks(database, prefix, tmp_path, workers):
     sql(database, "INSERT INTO pairs VALUES (99, 'new', 1.5, 2.5, now())", "DELETE FROM uids WHERE n <= 10",
         "UPDATE words SET n = -n WHERE n % 100 = 0", "INSERT INTO nokey VALUES (-1, 'streamed')")
     for table, key in KEYED.items():
-        wait_until(lambda: mirror_equals(database, mirror, table, key), timeout=60, what=f"mirror {table} == source after changes")
+        wait_until(lambda table=table, key=key: mirror_equals(database, mirror, table, key), timeout=60, what=f"mirror {table} == source after changes")
     wait_until(lambda: changelog_equals(database, changelog, "nokey"), timeout=60, what="changelog nokey == source after changes")
     for w in (source, *sinks):
         assert w.terminate() == 0, w.output()[-3000:]

@@ -12,10 +12,7 @@ Delta stores every column with its lake type. docs/type-mapping.md is the table 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
-import struct
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -24,52 +21,25 @@ from typing import Any
 
 import orjson
 import psycopg
-import pyarrow as pa
 import pytest
-from deltalake import DeltaTable, write_deltalake
-from deltalake.schema import ArrayType
 
 from lakeward.connectors.postgres import catalog
 from lakeward.connectors.postgres.config import PostgresSourceConfig
 from lakeward.connectors.postgres.source import PostgresSource
-from lakeward.core import broker as kafka
 from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
-from lakeward.sinks.delta.arrow import to_arrow
 
-from .conftest import ADMIN_DSN, BROKER, _drop_database, dsn_for, sql
+from .harness import BROKER, create_database, drop_database, dsn_for, sql, unique_name
+from .type_matrix import Case, check_case, check_delta_stores_every_column, f32, insert_statements, records
 
 pytestmark = pytest.mark.integration
 
-UTC = UTC
 TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999)
 TS_MIN = datetime(1, 1, 1)
 DATE_MAX, DATE_MIN = date(9999, 12, 31), date(1, 1, 1)
 NAN = float("nan")
 INF = float("inf")
-
-
-def f32(x: float) -> float:
-    """The float4 nearest to x, as Python reads it back from Arrow."""
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    """Test id and column name."""
-    ddl: str
-    """The column type as written in CREATE TABLE."""
-    values: tuple[str, ...]
-    """SQL literals, one per row."""
-    lake: str
-    expected: tuple
-    """Python values of to_arrow(envelope values, lake).to_pylist()."""
-    source: str | None = None
-    """format_type() of the column, when it differs from `ddl`."""
-    xfail: str | None = None
-    """Why this case fails today (strict: it must start passing once the reason is fixed)."""
 
 
 SETUP = [
@@ -278,15 +248,6 @@ def quote(name: str) -> str:
     return psycopg.sql.Identifier(name).as_string(None)
 
 
-def insert_statements(first_id: int) -> list[str]:
-    cols = ", ".join(quote(c.name) for c in CASES)
-    out = []
-    for i in range(ROWS):
-        values = ", ".join(c.values[i] if i < len(c.values) else "DEFAULT" for c in CASES)
-        out.append(f"INSERT INTO wide (id, {cols}) VALUES ({first_id + i}, {values})")
-    return out
-
-
 @dataclass
 class Captured:
     schema: TableSchema | None = None
@@ -302,21 +263,6 @@ class Captured:
     """When the source failed: the cases whose converter raised, and on which value."""
 
 
-async def _records(cfg: BrokerConfig, topic: str, count: int, task: asyncio.Task, timeout: float = 30) -> list:
-    """The records of `topic` once there are `count`; fails at once if the source stopped."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if task.done():
-            task.result()  # raises what stopped the source
-            raise AssertionError("the source stopped")
-        records = await kafka.read_topic(cfg, topic)
-        if len(records) >= count:
-            return records
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{topic}: {len(records)} records after {timeout}s, expected {count}")
-        await asyncio.sleep(0.1)
-
-
 async def _capture(dsn: str, prefix: str) -> Captured:
     broker = BrokerConfig(bootstrap_servers=BROKER, topic_prefix=prefix)
     cfg = PostgresSourceConfig(name="shop", type="postgres", dsn=dsn, tables=["public.*"], slot=f"lw_{prefix}",
@@ -327,21 +273,21 @@ async def _capture(dsn: str, prefix: str) -> Captured:
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
     try:
-        await _records(broker, topic, 1 + ROWS, task)  # the truncate marker and the snapshot
-        await _records(broker, toast_topic, 2, task)
-        await _records(broker, full_topic, 2, task)
-        sql(dsn, "BEGIN", *insert_statements(STREAM_ID + 1), "COMMIT")
+        await records(broker, topic, 1 + ROWS, task)  # the truncate marker and the snapshot
+        await records(broker, toast_topic, 2, task)
+        await records(broker, full_topic, 2, task)
+        sql(dsn, "BEGIN", *insert_statements(CASES, STREAM_ID + 1, quote), "COMMIT")
         sql(dsn, "UPDATE toasty SET n = 1 WHERE id = 1", "UPDATE toasty_full SET n = 1 WHERE id = 1")
-        records = await _records(broker, topic, 1 + 2 * ROWS, task)
-        toast_records = await _records(broker, toast_topic, 3, task)
-        full_records = await _records(broker, full_topic, 3, task)
+        topic_records = await records(broker, topic, 1 + 2 * ROWS, task)
+        toast_records = await records(broker, toast_topic, 3, task)
+        full_records = await records(broker, full_topic, 3, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
     reader = SchemaReader(broker)
     out = Captured(snapshot={}, stream={}, toast_update=orjson.loads(toast_records[2].value)["after"],
                    toast_full=(orjson.loads(full_records[1].value)["after"], orjson.loads(full_records[2].value)["after"]))
-    for r in records:
+    for r in topic_records:
         value = orjson.loads(r.value)
         schema = await reader.get("shop", dict(r.headers)["lakeward.schema"].decode())
         if value["op"] == "r":
@@ -364,7 +310,7 @@ async def _converter_errors(dsn: str) -> dict[str, str]:
     finally:
         await conn.close()
     errors: dict[str, str] = {}
-    for i, ((name, _, _), convert) in enumerate(zip(columns, converters)):
+    for i, ((name, _, _), convert) in enumerate(zip(columns, converters, strict=True)):
         for row in rows:
             try:
                 if row[i] is not None:
@@ -378,14 +324,11 @@ async def _converter_errors(dsn: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def captured() -> Captured:
     """Runs the source once over the wide table; every case reads its column from here."""
-    name = f"lw_{uuid.uuid4().hex[:10]}"
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name, prefix = create_database(), unique_name("t")
     dsn = dsn_for(name)
     try:
         columns = ", ".join(f"{quote(c.name)} {c.ddl}" for c in CASES)
-        sql(dsn, *SETUP, f"CREATE TABLE wide (id int PRIMARY KEY, {columns})", *insert_statements(1))
+        sql(dsn, *SETUP, f"CREATE TABLE wide (id int PRIMARY KEY, {columns})", *insert_statements(CASES, 1, quote))
         # Incompressible values, so PostgreSQL stores them out of line (TOAST).
         big = [uuid.uuid4().hex for _ in range(700)]
         sql(dsn, "CREATE TABLE toasty (id int PRIMARY KEY, n int, doc jsonb, blob bytea, tags text[])")
@@ -398,20 +341,7 @@ def captured() -> Captured:
             out = Captured(error=e, case_errors=asyncio.run(_converter_errors(dsn)))
         yield out
     finally:
-        _drop_database(name)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality where NaN equals NaN and -0.0 is told from 0.0."""
-    if isinstance(a, float) and isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return a == b and math.copysign(1, a) == math.copysign(1, b)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, datetime) and isinstance(b, datetime) and (a.tzinfo is None) != (b.tzinfo is None):
-        return False
-    return type(a) is type(b) and a == b or (a is None and b is None)
+        drop_database(name)
 
 
 def check_source_ran(captured: Captured, case: Case | None = None) -> None:
@@ -434,15 +364,7 @@ def test_snapshot_and_stream_share_one_schema(captured):
 ])
 def test_type(case: Case, captured: Captured):
     check_source_ran(captured, case)
-    assert len(case.values) == len(case.expected), "a case lists one expected value per literal"
-    column = captured.schema.column(case.name)
-    assert (column.source_type, column.lake_type) == (case.source or case.ddl, case.lake)
-    n = len(case.values)
-    snapshot = [captured.snapshot[1 + i][case.name] for i in range(n)]
-    stream = [captured.stream[STREAM_ID + 1 + i][case.name] for i in range(n)]
-    assert snapshot == stream, "the snapshot and the stream must give the same envelope values"
-    got = to_arrow(stream, column.lake_type).to_pylist()
-    assert _same(got, list(case.expected)), f"\n got      {got}\n expected {list(case.expected)}\n envelope {stream}"
+    check_case(case, captured.schema, captured.snapshot, captured.stream, STREAM_ID)
 
 
 def test_unchanged_toasted_values_are_absent(captured: Captured):
@@ -458,21 +380,6 @@ def test_replica_identity_full_fills_unchanged_toasted_values(captured: Captured
     assert after == {**snapshot, "n": 1} and len(after["blob"]) > 20000
 
 
-def _delta_type(t: Any) -> str:
-    """A Delta schema type spelled like a lake type: `decimal(10,2)`, `array<integer>`."""
-    if isinstance(t, ArrayType):
-        return f"array<{_delta_type(t.element_type)}>"
-    return t.type
-
-
 def test_delta_stores_every_column(captured: Captured, tmp_path):
-    """The sink's path in small: to_arrow per lake type, one Delta write; the Delta type is the lake type."""
     check_source_ran(captured)
-    ids = sorted(captured.stream)
-    columns = {c.name: to_arrow([captured.stream[i].get(c.name) for i in ids], c.lake_type) for c in captured.schema.columns}
-    write_deltalake(str(tmp_path / "wide"), pa.table(columns))
-    dt = DeltaTable(str(tmp_path / "wide"))
-    assert {f.name: _delta_type(f.type) for f in dt.schema().fields} == {c.name: c.lake_type for c in captured.schema.columns}
-    stored = dt.to_pyarrow_table().sort_by("id")
-    for name, written in columns.items():
-        assert _same(stored.column(name).to_pylist(), written.to_pylist()), name
+    check_delta_stores_every_column(captured.schema, captured.stream, tmp_path / "wide")

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from .conftest import sql, wait_until, write_config
+from .harness import sql, wait_until, write_config
 from .lakecheck import lake_equals_source, lake_rows, lake_table
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.errors import ConnectionFailed, SourceSetupError
 
-from .conftest import BROKER, read_topic, sql
+from .harness import BROKER, read_topic, sql
 
 pytestmark = pytest.mark.integration
 

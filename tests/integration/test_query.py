@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from .conftest import BROKER, sql, wait_until, write_config
+from .harness import BROKER, free_port, http_get, sql, unique_name, wait_until, write_config
 from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration
@@ -251,20 +250,31 @@ def test_global_options_before_and_after_every_subcommand(tmp_path, args):
         assert option in helped.stdout, f"{' '.join(path)} --help lacks {option}"
 
 
+def healthy(port: int) -> bool:
+    try:
+        return http_get(port, "/healthz")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_log_options_after_the_subcommand_take_effect(tmp_path, where):
     """`lakeward run ... --log-format json` logs JSON lines; `--log-level warning` silences INFO."""
     cfg = tmp_path / "lakeward.yaml"
-    cfg.write_text(f"broker:\n  bootstrap_servers: {BROKER}\n  topic_prefix: t{os.getpid()}{where[0]}\nlake:\n  uri: {tmp_path / 'lake'}\n"
+    prefix = unique_name("t")
+    cfg.write_text(f"broker:\n  bootstrap_servers: {BROKER}\n  topic_prefix: {prefix}\nlake:\n  uri: {tmp_path / 'lake'}\n"
                    "sources:\n  - name: shop\n    type: postgres\n    dsn: postgresql://postgres@127.0.0.1:5432/postgres\n    tables: [public.nothing]\n"
-                   "sinks:\n  - name: lake\n    type: delta\n    sources: [shop]\n")
+                   f"sinks:\n  - name: lake\n    type: delta\n    sources: [shop]\n    group_id: lakeward.{prefix}\n")
     for level, expect_lines in (("info", True), ("warning", False)):
+        port = free_port()
         opts = ["-c", str(cfg), "--log-format", "json", "--log-level", level]
-        run = ["run", "--sink", "lake", "--metrics-port", "0"]
+        run = ["run", "--sink", "lake", "--metrics-port", str(port)]
         argv = [*opts, *run] if where == "before" else [*run, *opts]
         proc = subprocess.Popen([sys.executable, "-m", "lakeward.app.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=ENV)
-        time.sleep(6)
+        # Up once /healthz answers: by then the worker has logged (at INFO) that it serves metrics and started its sink.
+        wait_until(lambda port=port, proc=proc: healthy(port) if proc.poll() is None else "the worker exited", timeout=60,
+                   what="the worker's /healthz", interval=0.1)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
         lines = [line for line in stderr.splitlines() if line.strip()]

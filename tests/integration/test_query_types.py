@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -30,8 +29,8 @@ from deltalake import DeltaTable
 
 from . import test_mysql_types as my
 from . import test_pg_types as pg
-from .conftest import sql, wait_until, write_config
-from .mysql_fixtures import msql, write_mysql_config
+from .harness import msql, sql, wait_until, write_config, write_mysql_config
+from .type_matrix import f32, insert_statements, same
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +85,7 @@ def from_json(v: Any, lake: str) -> Any:
         return [from_json(x, lake[6:-1]) for x in v]
     if lake in ("float", "double"):
         x = float(v)
-        return pg.f32(x) if lake == "float" else x
+        return f32(x) if lake == "float" else x
     if lake.startswith("decimal("):
         assert isinstance(v, str)
         return Decimal(v)
@@ -153,7 +152,7 @@ def check_lake(cfg: Path, table: str, cases: list, rows: dict[int, dict[str, Any
             got = []
             for r in cells:
                 doc: dict[str, Any] = {"id": int(r[0])}
-                for name, cell in zip(names[1:], r[1:]):
+                for name, cell in zip(names[1:], r[1:], strict=True):
                     want = rows[doc["id"]].get(name)
                     if lake_of[name] == "string":  # the table escapes control characters; padding hides trailing blanks
                         shown = "NULL" if want is None else want.translate(CONTROL).rstrip()
@@ -165,7 +164,7 @@ def check_lake(cfg: Path, table: str, cases: list, rows: dict[int, dict[str, Any
         assert [r["id"] for r in got] == sorted(rows), f"{what}, --format {fmt}: rows {[r['id'] for r in got]}"
         for r in got:
             for name, want in rows[r["id"]].items():
-                assert pg._same(r[name], want), f"{what}, --format {fmt}, row {r['id']}, column {name}: {r[name]!r} != {want!r}"
+                assert same(r[name], want), f"{what}, --format {fmt}, row {r['id']}, column {name}: {r[name]!r} != {want!r}"
 
 
 def expected_rows(cases: list, rows: int, stream_id: int) -> dict[int, dict[str, Any]]:
@@ -197,31 +196,27 @@ def run_pipeline(tmp_path: Path, workers, mirror_cfg: Path, changelog_cfg: Path,
 
 def test_every_postgres_type_in_every_format(database, prefix, tmp_path, workers):
     columns = ", ".join(f"{pg.quote(c.name)} {c.ddl}" for c in pg.CASES)
-    sql(database, *pg.SETUP, f"CREATE TABLE wide (id int PRIMARY KEY, {columns})", *pg.insert_statements(1))
+    sql(database, *pg.SETUP, f"CREATE TABLE wide (id int PRIMARY KEY, {columns})", *insert_statements(pg.CASES, 1, pg.quote))
     mirror = write_config(tmp_path / "mirror.yaml", dsn=database, prefix=prefix, lake=tmp_path / "mirror")
     changelog = write_config(tmp_path / "changelog.yaml", dsn=database, prefix=prefix, lake=tmp_path / "changelog", mode="changelog",
                              sink_name="changelog")
     run_pipeline(tmp_path, workers, mirror, changelog, tmp_path / "mirror/shop/public/wide", tmp_path / "changelog/shop/public/wide",
-                 pg.ROWS, lambda: sql(database, "BEGIN", *pg.insert_statements(pg.STREAM_ID + 1), "COMMIT"))
+                 pg.ROWS, lambda: sql(database, "BEGIN", *insert_statements(pg.CASES, pg.STREAM_ID + 1, pg.quote), "COMMIT"))
     rows = expected_rows(pg.CASES, pg.ROWS, pg.STREAM_ID)
     check_lake(mirror, "shop.public.wide", pg.CASES, rows, "postgres mirror")
     check_lake(changelog, "shop.public.wide", pg.CASES, rows, "postgres changelog")
 
 
-def test_every_mysql_type_in_every_format(prefix, tmp_path, workers):
-    db = f"lw_{uuid.uuid4().hex[:10]}"
-    msql(f"CREATE DATABASE `{db}`")
-    try:
-        columns = ", ".join(f"{my.quote(c.name)} {c.ddl}" for c in my.CASES)
-        msql(f"CREATE TABLE wide (id int PRIMARY KEY, marker int, {columns}, gen int AS (id * 2) VIRTUAL)", db=db)
-        msql("SET SESSION sql_mode = ''", *my.insert_statements(1), db=db)
-        mirror = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=tmp_path / "mirror", tables=f"{db}.wide")
-        changelog = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=tmp_path / "changelog", mode="changelog",
-                                       tables=f"{db}.wide", sink_name="changelog")
-        run_pipeline(tmp_path, workers, mirror, changelog, tmp_path / f"mirror/legacy/{db}/wide", tmp_path / f"changelog/legacy/{db}/wide",
-                     my.ROWS, lambda: msql("SET SESSION sql_mode = ''", "BEGIN", *my.insert_statements(my.STREAM_ID + 1), "COMMIT", db=db))
-        rows = expected_rows(my.CASES, my.ROWS, my.STREAM_ID)
-        check_lake(mirror, f"legacy.{db}.wide", my.CASES, rows, "mysql mirror")
-        check_lake(changelog, f"legacy.{db}.wide", my.CASES, rows, "mysql changelog")
-    finally:
-        msql(f"DROP DATABASE IF EXISTS `{db}`")
+def test_every_mysql_type_in_every_format(mysql_db, prefix, tmp_path, workers):
+    db = mysql_db
+    columns = ", ".join(f"{my.quote(c.name)} {c.ddl}" for c in my.CASES)
+    msql(f"CREATE TABLE wide (id int PRIMARY KEY, marker int, {columns}, gen int AS (id * 2) VIRTUAL)", db=db)
+    msql("SET SESSION sql_mode = ''", *insert_statements(my.CASES, 1, my.quote), db=db)
+    mirror = write_mysql_config(tmp_path / "mirror.yaml", db=db, prefix=prefix, lake=tmp_path / "mirror", tables=f"{db}.wide")
+    changelog = write_mysql_config(tmp_path / "changelog.yaml", db=db, prefix=prefix, lake=tmp_path / "changelog", mode="changelog",
+                                   tables=f"{db}.wide", sink_name="changelog")
+    run_pipeline(tmp_path, workers, mirror, changelog, tmp_path / f"mirror/legacy/{db}/wide", tmp_path / f"changelog/legacy/{db}/wide",
+                 my.ROWS, lambda: msql("SET SESSION sql_mode = ''", "BEGIN", *insert_statements(my.CASES, my.STREAM_ID + 1, my.quote), "COMMIT", db=db))
+    rows = expected_rows(my.CASES, my.ROWS, my.STREAM_ID)
+    check_lake(mirror, f"legacy.{db}.wide", my.CASES, rows, "mysql mirror")
+    check_lake(changelog, f"legacy.{db}.wide", my.CASES, rows, "mysql changelog")

@@ -11,9 +11,8 @@ import re
 
 import pytest
 
-from .conftest import sql, wait_until, write_config
-from .lakecheck import lake_equals_source
-from .mysql_fixtures import lake_equals_mysql, msql, mysql_db, write_mysql_config  # noqa: F401 - fixture
+from .harness import msql, sql, wait_until, write_config, write_mysql_config
+from .lakecheck import lake_equals_mysql, lake_equals_source
 
 pytestmark = pytest.mark.integration
 

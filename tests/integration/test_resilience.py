@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from .conftest import ADMIN_DSN, sql, wait_until, write_config
+from .harness import ADMIN_DSN, sql, wait_until, write_config
 from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration

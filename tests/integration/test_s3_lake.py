@@ -13,7 +13,7 @@ import pytest
 
 from lakeward.sinks.delta import s3
 
-from .conftest import sql, wait_until, write_config
+from .harness import sql, wait_until, write_config
 from .lakecheck import lake_equals_source, lake_rows, lake_table
 
 pytestmark = pytest.mark.integration

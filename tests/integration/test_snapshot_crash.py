@@ -13,12 +13,12 @@ import pytest
 
 from lakeward.core.events import Position, str_to_lsn
 
-from .conftest import sql, wait_until, write_config
+from .harness import mirror_and_changelog, sql, wait_until, write_config
+from .lakecheck import no_repeated_positions
 from .pg_snapshot_checks import (
     changelog_equals,
     kill_when,
     mirror_equals,
-    no_repeated_positions,
     position,
     progress,
     read_events,
@@ -52,10 +52,7 @@ def pg_snapshot_kill(database, prefix, tmp_path, workers):
             "CREATE TABLE c_last (id bigint PRIMARY KEY, v int, s text)",
             "INSERT INTO c_last SELECT g, g % 100, md5(g::text) FROM generate_series(1, 20000) g")
 
-    mirror, changelog = tmp_path / "mirror", tmp_path / "changelog"
-    cfg = write_config(tmp_path / "mirror.yaml", dsn=database, prefix=prefix, lake=mirror, extra_source=PG_SOURCE)
-    log_cfg = write_config(tmp_path / "log.yaml", dsn=database, prefix=prefix, lake=changelog, mode="changelog", sink_name="log",
-                           extra_source=PG_SOURCE)
+    cfg, log_cfg, mirror, changelog = mirror_and_changelog(tmp_path, write_config, dsn=database, prefix=prefix, extra_source=PG_SOURCE)
 
     def run(b_keyed: bool, predicate) -> tuple[dict, dict]:
         tables(b_keyed)
@@ -71,7 +68,7 @@ def pg_snapshot_kill(database, prefix, tmp_path, workers):
             sql(database, "UPDATE b_middle SET v = -v WHERE id % 5000 = 0", "DELETE FROM b_middle WHERE id % 7001 = 0")
         source = workers(cfg, "--source", "shop").start()
         for table in ("a_first", "c_last", *(["b_middle"] if b_keyed else [])):
-            wait_until(lambda: mirror_equals(database, mirror, table, ("id",)), timeout=90, what=f"mirror {table} == source")
+            wait_until(lambda table=table: mirror_equals(database, mirror, table, ("id",)), timeout=90, what=f"mirror {table} == source")
         if not b_keyed:
             wait_until(lambda: changelog_equals(database, changelog, "b_middle"), timeout=60, what="changelog b_middle == source")
         resumed = state_doc(prefix)

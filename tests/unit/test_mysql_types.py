@@ -75,7 +75,7 @@ def test_information_schema_rows():
 
 
 def lib(code: int, name: str = "c", **kw):
-    base = dict(name=name, type=code, unsigned=False, character_set_name=None, enum_values=None, set_values=None)
+    base = {"name": name, "type": code, "unsigned": False, "character_set_name": None, "enum_values": None, "set_values": None}
     return SimpleNamespace(**{**base, **kw})
 
 
