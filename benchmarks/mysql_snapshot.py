@@ -26,7 +26,7 @@ from lakeward.connectors.mysql.handover import Failed, SnapshotDone
 from lakeward.connectors.mysql.history import SchemaHistory
 
 sys.path.insert(0, os.path.dirname(__file__))  # also run as `python -m benchmarks.mysql_snapshot`
-from services import MYSQL, mquery, msql  # noqa: E402
+from services import MYSQL, mquery, msql
 
 DB, TABLE = "lw_bench_snapshot", "wide"
 

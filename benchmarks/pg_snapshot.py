@@ -32,8 +32,8 @@ from lakeward.core import broker as kafka
 from lakeward.core.config import BrokerConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from measure import cpu_seconds, kafka_pid, machine_cpu, proc_status_kb  # noqa: E402
-from services import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, dsn_for  # noqa: E402
+from measure import cpu_seconds, kafka_pid, machine_cpu, proc_status_kb
+from services import ADMIN_DSN, BROKER, INSERT, TABLE_DDL, dsn_for
 
 
 def postgres_cpu() -> float:

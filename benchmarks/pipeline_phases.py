@@ -390,7 +390,7 @@ class Bench:
             f"({out['achieved_rate']:,.0f} rows/s achieved)")
         return out
 
-    async def wait_offset(self, table: Path, offset: int, timeout: float, *workers: Worker) -> float:  # noqa: ASYNC109 - the error shows the workers' log tails
+    async def wait_offset(self, table: Path, offset: int, timeout: float, *workers: Worker) -> float:
         deadline = time.monotonic() + timeout
         while True:
             last = delta_last_offset(table)

@@ -102,10 +102,10 @@ def markdown(res: dict[str, Any], table: list[tuple[str, str, str, str]]) -> str
         "",
         f"`{res['command']}`",
         "",
-        f"{env['cpus']} CPUs ({env['cpu_model']}), {env['mem_total_gb']} GB RAM, Linux {env['kernel']}; PostgreSQL {env['postgres']}, "
+        (f"{env['cpus']} CPUs ({env['cpu_model']}), {env['mem_total_gb']} GB RAM, Linux {env['kernel']}; PostgreSQL {env['postgres']}, "
         f"{env['kafka']}, Python {env['python']}, psycopg {env['psycopg']} (libpq {env['libpq']}), aiokafka {env['aiokafka']}, "
         f"deltalake {env['deltalake']}, pyarrow {env['pyarrow']}; git {env['git_commit']}{' (modified)' if env['git_dirty'] else ''}. "
-        f"Load average at start {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, at end {', '.join(f'{x:.2f}' for x in res['loadavg_end'])}.",
+        f"Load average at start {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, at end {', '.join(f'{x:.2f}' for x in res['loadavg_end'])}."),
         "",
         f"Load: {a['rows']:,} inserts in transactions of {a['txn_rows']:,} rows; {a['repeat']} round(s): median (min – max).",
         "",
@@ -118,8 +118,8 @@ def markdown(res: dict[str, Any], table: list[tuple[str, str, str, str]]) -> str
         lines += ["Per round: seconds, and CPU seconds of each process during the drain; *others* is the CPU every other",
                   "process of the machine used meanwhile (other people's work on a shared machine slows the figures).",
                   "",
-                  "| round | load s | WAL MiB | recvlogical s | its walsender CPU | others CPU | source s | source CPU (µs/row) "
-                  "| its walsender CPU | broker CPU | others CPU | e2e s | source CPU | sink CPU | others CPU |",
+                  ("| round | load s | WAL MiB | recvlogical s | its walsender CPU | others CPU | source s | source CPU (µs/row) "
+                  "| its walsender CPU | broker CPU | others CPU | e2e s | source CPU | sink CPU | others CPU |"),
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
         def f(x: float | None) -> str:

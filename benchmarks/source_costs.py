@@ -32,7 +32,7 @@ from lakeward.connectors.postgres.types import SESSION_OPTIONS, PgType, map_type
 from lakeward.core.events import ENVELOPE, NULL, PG_POSITION, POSITION_HEADER, Column, TableSchema
 
 sys.path.insert(0, os.path.dirname(__file__))
-from services import ADMIN_DSN, INSERT, TABLE_DDL, dsn_for  # noqa: E402
+from services import ADMIN_DSN, INSERT, TABLE_DDL, dsn_for
 
 COLUMNS = [("id", "int8", -1), ("n", "int4", -1), ("s", "text", -1), ("amount", "numeric", (12 << 16 | 2) + 4),
            ("created_at", "timestamptz", -1), ("flag", "bool", -1)]

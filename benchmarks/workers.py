@@ -51,7 +51,7 @@ class Worker:
                     pass
         return out
 
-    async def wait_log(self, needle: str, timeout: float) -> float:  # noqa: ASYNC109 - the error shows the log tail
+    async def wait_log(self, needle: str, timeout: float) -> float:
         """Epoch time of the first log line containing `needle` (waits for it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -272,7 +272,7 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 # --- the broker ------------------------------------------------------------------------------------
 
 
-async def read_topic(topic: str, *, min_count: int = 1, timeout: float = 30.0) -> list:  # noqa: ASYNC109 - the error says what was there
+async def read_topic(topic: str, *, min_count: int = 1, timeout: float = 30.0) -> list:
     """Every record of `topic`, once at least `min_count` are there (or the timeout passed)."""
     cfg = BrokerConfig(bootstrap_servers=BROKER)
     deadline = time.monotonic() + timeout

@@ -46,8 +46,8 @@ def config(tmp_path, prefix):
 @pytest.mark.parametrize("args, message", [
     (["--source", "nope", "--table", "public.orders"], "error: no source named 'nope'; the config has: shop, legacy"),
     (["--table", "public.orders"], "error: name the source with --source; the config has: shop, legacy"),
-    (["--source", "shop"], "error: name the tables to snapshot with --table schema.table (repeatable); source shop captures "
-                           "public.orders, public.item*"),
+    (["--source", "shop"], ("error: name the tables to snapshot with --table schema.table (repeatable); source shop captures "
+                           "public.orders, public.item*")),
     (["--source", "shop", "--table", "public.orders", "--table", "public.customers"],
      "error: table public.customers is not captured by source shop: it matches none of its tables: public.orders, public.item*"),
     (["--source", "shop", "--table", "orders"], "error: --table orders: name the table as schema.table"),

@@ -84,24 +84,24 @@ CASES: list[Case] = [
     Case("add_nullable_default", ("ALTER TABLE {t} ADD COLUMN c int DEFAULT 7",)),
     Case("add_not_null_no_default", (LENIENT, "ALTER TABLE {t} ADD COLUMN c int NOT NULL")),  # existing rows get 0
     Case("add_default_uuid", ("ALTER TABLE {t} ADD COLUMN c varchar(36) DEFAULT (uuid())",)),
-    Case("add_default_current_timestamp", ("ALTER TABLE {t} ADD COLUMN c timestamp(3) NOT NULL DEFAULT current_timestamp(3), "
-                                           "ADD COLUMN c2 datetime DEFAULT current_timestamp",)),
+    Case("add_default_current_timestamp", (("ALTER TABLE {t} ADD COLUMN c timestamp(3) NOT NULL DEFAULT current_timestamp(3), "
+                                           "ADD COLUMN c2 datetime DEFAULT current_timestamp"),)),
     Case("add_generated", ("ALTER TABLE {t} ADD COLUMN c int AS (n * 2) STORED",)),
-    Case("add_datetime_family", ("ALTER TABLE {t} ADD COLUMN c_dt datetime(6), ADD COLUMN c_ts timestamp(3) NULL, "
-                                 "ADD COLUMN c_date date, ADD COLUMN c_time time",), (NTZ_ROW,)),
-    Case("add_datetime_family_default", ("ALTER TABLE {t} ADD COLUMN c_dt datetime(6) DEFAULT '2020-01-01 01:02:03.5', "
+    Case("add_datetime_family", (("ALTER TABLE {t} ADD COLUMN c_dt datetime(6), ADD COLUMN c_ts timestamp(3) NULL, "
+                                 "ADD COLUMN c_date date, ADD COLUMN c_time time"),), (NTZ_ROW,)),
+    Case("add_datetime_family_default", (("ALTER TABLE {t} ADD COLUMN c_dt datetime(6) DEFAULT '2020-01-01 01:02:03.5', "
                                          "ADD COLUMN c_ts timestamp NULL DEFAULT '2021-06-01 00:00:00', "
-                                         "ADD COLUMN c_date date DEFAULT '2022-02-02', ADD COLUMN c_time time DEFAULT '01:02:03'",), (NTZ_ROW,)),
-    Case("add_every_family", ("ALTER TABLE {t} ADD COLUMN c_big bigint, ADD COLUMN c_dec decimal(10,3), ADD COLUMN c_dbl double, "
+                                         "ADD COLUMN c_date date DEFAULT '2022-02-02', ADD COLUMN c_time time DEFAULT '01:02:03'"),), (NTZ_ROW,)),
+    Case("add_every_family", (("ALTER TABLE {t} ADD COLUMN c_big bigint, ADD COLUMN c_dec decimal(10,3), ADD COLUMN c_dbl double, "
                               "ADD COLUMN c_flt float, ADD COLUMN c_txt text, ADD COLUMN c_enum enum('a','b'), ADD COLUMN c_set set('x','y'), "
                               "ADD COLUMN c_json json, ADD COLUMN c_blob blob, ADD COLUMN c_bin binary(2), ADD COLUMN c_bit bit(1), "
-                              "ADD COLUMN c_year year, ADD COLUMN c_bool boolean",), (ALL_TYPES_ROW,)),
-    Case("add_every_family_default", ("ALTER TABLE {t} ADD COLUMN c_big bigint DEFAULT 42, ADD COLUMN c_dec decimal(10,3) DEFAULT 1.250, "
+                              "ADD COLUMN c_year year, ADD COLUMN c_bool boolean"),), (ALL_TYPES_ROW,)),
+    Case("add_every_family_default", (("ALTER TABLE {t} ADD COLUMN c_big bigint DEFAULT 42, ADD COLUMN c_dec decimal(10,3) DEFAULT 1.250, "
                                       "ADD COLUMN c_dbl double DEFAULT 2.5, ADD COLUMN c_flt float DEFAULT 0.5, ADD COLUMN c_txt text DEFAULT 't', "
                                       "ADD COLUMN c_enum enum('a','b') NOT NULL DEFAULT 'a', ADD COLUMN c_set set('x','y') DEFAULT 'y', "
                                       "ADD COLUMN c_json json DEFAULT '[]', ADD COLUMN c_blob blob DEFAULT 'b', "
                                       "ADD COLUMN c_bin binary(2) DEFAULT 'z', ADD COLUMN c_bit bit(1) DEFAULT b'1', "
-                                      "ADD COLUMN c_year year DEFAULT 1999, ADD COLUMN c_bool boolean NOT NULL DEFAULT true",), (ALL_TYPES_ROW,)),
+                                      "ADD COLUMN c_year year DEFAULT 1999, ADD COLUMN c_bool boolean NOT NULL DEFAULT true"),), (ALL_TYPES_ROW,)),
     # --- drop / rename column -------------------------------------------------------------------------
     Case("drop_column", ("ALTER TABLE {t} DROP COLUMN s",), dropped=("s",)),
     Case("rename_column", ("ALTER TABLE {t} RENAME COLUMN s TO s2",), ("UPDATE {t} SET s2 = 'r' WHERE id = 5",), dropped=("s",)),

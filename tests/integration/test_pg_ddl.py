@@ -72,15 +72,15 @@ CASES = [
     Case("add_default_volatile_uuid", ["ALTER TABLE {t} ADD COLUMN c uuid NOT NULL DEFAULT gen_random_uuid()"]),
     Case("add_identity", ["ALTER TABLE {t} ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY"]),
     Case("add_families_default", [
-        "ALTER TABLE {t} ADD COLUMN c_bool boolean DEFAULT true, ADD COLUMN c_small smallint DEFAULT 3, ADD COLUMN c_big bigint DEFAULT 9000000000, "
+        ("ALTER TABLE {t} ADD COLUMN c_bool boolean DEFAULT true, ADD COLUMN c_small smallint DEFAULT 3, ADD COLUMN c_big bigint DEFAULT 9000000000, "
         "ADD COLUMN c_num numeric(10,2) DEFAULT 1.50, ADD COLUMN c_float float8 DEFAULT 1.25, ADD COLUMN c_text text DEFAULT 'x', "
         "ADD COLUMN c_varchar varchar(5) DEFAULT 'ab', ADD COLUMN c_date date DEFAULT '2020-02-29', "
         "ADD COLUMN c_ts timestamp DEFAULT '2020-01-01 10:00:00.123456', ADD COLUMN c_tstz timestamptz DEFAULT '2020-01-01 10:00:00+02', "
         "ADD COLUMN c_time time DEFAULT '12:34:56', ADD COLUMN c_json jsonb DEFAULT '{\"a\": 1}', ADD COLUMN c_bytes bytea DEFAULT '\\x0102', "
-        "ADD COLUMN c_arr int[] DEFAULT '{1,2}', ADD COLUMN c_uuid uuid DEFAULT '6f1c0f5e-0b5f-4f6e-9e1a-1b2c3d4e5f60'"]),
+        "ADD COLUMN c_arr int[] DEFAULT '{1,2}', ADD COLUMN c_uuid uuid DEFAULT '6f1c0f5e-0b5f-4f6e-9e1a-1b2c3d4e5f60'")]),
     Case("add_families_nullable", [
-        "ALTER TABLE {t} ADD COLUMN c_bool boolean, ADD COLUMN c_num numeric(10,2), ADD COLUMN c_date date, ADD COLUMN c_ts timestamp, "
-        "ADD COLUMN c_tstz timestamptz, ADD COLUMN c_json jsonb, ADD COLUMN c_bytes bytea, ADD COLUMN c_arr text[]"],
+        ("ALTER TABLE {t} ADD COLUMN c_bool boolean, ADD COLUMN c_num numeric(10,2), ADD COLUMN c_date date, ADD COLUMN c_ts timestamp, "
+        "ADD COLUMN c_tstz timestamptz, ADD COLUMN c_json jsonb, ADD COLUMN c_bytes bytea, ADD COLUMN c_arr text[]")],
         after=_after("INSERT INTO {t} (id, v, c_bool, c_num, c_date, c_ts, c_tstz, c_json, c_bytes, c_arr) VALUES "
                      "(1001, 1, false, 2.25, '2021-03-04', '2021-03-04 05:06:07', '2021-03-04 05:06:07+00', '[1]', '\\xff', '{a,b}')",
                      "UPDATE {t} SET c_ts = '1999-12-31 23:59:59', c_num = 3 WHERE id = 5")),

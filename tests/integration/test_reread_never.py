@@ -29,7 +29,7 @@ def test_postgres_rereads_after_add_column_default_with_snapshot_never(database,
     assert worker.terminate() == 0, worker.output()
 
 
-def test_mysql_rereads_after_add_column_default_with_snapshot_never(mysql_db, prefix, tmp_path, workers):  # noqa: F811
+def test_mysql_rereads_after_add_column_default_with_snapshot_never(mysql_db, prefix, tmp_path, workers):
     msql("CREATE TABLE t (id int PRIMARY KEY, v varchar(20))", db=mysql_db)
     msql(*[f"INSERT INTO t VALUES ({i}, 'v{i}')" for i in range(1, 51)], db=mysql_db)
     lake = tmp_path / "lake"

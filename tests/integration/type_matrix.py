@@ -57,7 +57,7 @@ def insert_statements(cases: list[Case], first_id: int, quote: Callable[[str], s
     return out
 
 
-async def records(cfg: BrokerConfig, topic: str, count: int, task: asyncio.Task, timeout: float = 30) -> list:  # noqa: ASYNC109 - the error says what arrived
+async def records(cfg: BrokerConfig, topic: str, count: int, task: asyncio.Task, timeout: float = 30) -> list:
     """The records of `topic` once there are `count`; fails at once if the source stopped."""
     deadline = time.monotonic() + timeout
     while True:

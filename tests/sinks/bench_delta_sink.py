@@ -54,15 +54,15 @@ def events(n: int, op: str, v: int, start_lsn: int) -> list[tuple[bytes, bytes, 
 
 
 class _NoFeed:
-    def seek(self, tp, offset):  # noqa: D102
+    def seek(self, tp, offset):
         pass
 
-    def committed(self, tp, next_offset):  # noqa: D102
+    def committed(self, tp, next_offset):
         pass
 
 
 class _Schemas:
-    async def get(self, source, schema_id):  # noqa: D102
+    async def get(self, source, schema_id):
         return SCHEMA
 
 
