@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,8 +51,8 @@ def kafka_pid() -> int | None:
     return None
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    values = [v for v in values if v is not None]
+def stats(figures: Sequence[float | None]) -> dict[str, float]:
+    values = [v for v in figures if v is not None]
     if not values:
         return {}
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from aiokafka import TopicPartition
@@ -57,7 +58,7 @@ def load(dsn: str, rows: int) -> None:
         c.execute("VACUUM ANALYZE bench")
 
 
-async def high_watermark(consumer, topic: str) -> int:
+async def high_watermark(consumer: Any, topic: str) -> int:
     tp = TopicPartition(topic, 0)
     if topic not in await consumer.topics():
         return 0
@@ -100,6 +101,7 @@ sinks: []
                                                    "--pid", str(pid), "-o", str(profile / f"p{parallelism}.txt"),
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = None
+    cpu_first = machine_first = pg_first = kafka_first = 0.0  # set with `first`
     peak = 0
     cpu = 0.0
     try:

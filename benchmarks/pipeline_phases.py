@@ -263,6 +263,7 @@ class Bench:
         src_cpu0 = src_cpu = w.cpu() or 0.0  # imports and connecting: not part of the drain
         m0 = machine_cpu()
         deadline = time.monotonic() + self.args.timeout
+        done_at = 0.0  # set when the last event is acknowledged
         while True:
             hw = await self.high_watermark(topic)
             if hw - base >= n:
@@ -302,6 +303,7 @@ class Bench:
         ws_pid = self.walsender_pid(p.slot)
         table = p.table_path("bench")
         deadline = time.monotonic() + self.args.timeout
+        done_at = 0.0  # set when the last event is in the lake
         while True:
             last = delta_last_offset(table)
             if last is not None and last >= n - 1:

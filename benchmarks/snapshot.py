@@ -193,7 +193,7 @@ async def poll_until(run: Run, progress: Progress, peaks: PeakRss, done: Callabl
             break
         failed = run.failed_worker()
         if failed is not None or time.monotonic() > deadline:
-            why = f"the {failed.role} worker exited ({failed.proc.returncode})" if failed else f"not done after {bench.args.timeout:g}s"
+            why = f"the {failed.role} worker exited ({failed.proc and failed.proc.returncode})" if failed else f"not done after {bench.args.timeout:g}s"
             raise RuntimeError(f"{run.tag}: {why}; {progress.events:,} events in the topic, lake rows {progress.lake_rows}:\n"
                                + "\n".join(w.tail(15) for w in run.workers))
         await asyncio.sleep(poll_s)
@@ -347,7 +347,7 @@ def fmt_mb(mb: float | None) -> str:
 
 
 def report_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for d in results:
         rows.append((d["database"], f"limit: {d['limit']}", "—", f"{d['limit_s']:.1f}", "—", f"{d['limit_rows_s']:,.0f}", "1.00×", "—", "—"))
         for r in d["runs"]:

@@ -15,6 +15,7 @@ import time
 
 import psycopg
 import pymysql
+from pydantic import BaseModel
 from services import ADMIN_DSN, MYSQL, dsn_for, query1, sql
 
 from lakeward.connectors.mysql.config import MySQLSourceConfig
@@ -26,8 +27,8 @@ FILL_ROWS_PER_STATEMENT = 500_000
 COLUMNS = "id, n, s, amount, created_at, flag"
 
 
-def supports_parallelism(config_model: type) -> bool:
-    """Whether this checkout's source config has `snapshot_parallelism` (being added with the chunked snapshot)."""
+def supports_parallelism(config_model: type[BaseModel]) -> bool:
+    """Whether the checkout measured has `snapshot_parallelism` (a "before" checkout may predate it)."""
     return "snapshot_parallelism" in config_model.model_fields
 
 

@@ -20,6 +20,8 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import psycopg
@@ -51,7 +53,7 @@ def capture(rows: int) -> tuple[list[bytes], float]:
             c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             for a in range(1, rows + 1, 10_000):
                 c.execute(INSERT.format(name="bench"), (a, min(a + 9_999, rows)))
-            end = c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
+            end = one(c, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
         conn = psycopg.Connection.connect(dsn, autocommit=True, replication="database", options=SESSION_OPTIONS)
         pg = conn.pgconn
         pg.send_query(f"START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names 'costs_pub')".encode())
@@ -73,14 +75,21 @@ def capture(rows: int) -> tuple[list[bytes], float]:
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
             for _ in range(100):
-                if not c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)).fetchone()[0]:
+                if not one(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)):
                     break
                 time.sleep(0.1)
             c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
             c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-def best(fn, n: int, repeat: int = 5) -> float:
+def one(conn: psycopg.Connection, statement: str, params: Any = None) -> Any:
+    """The first column of the statement's one row."""
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None, statement
+    return row[0]
+
+
+def best(fn: Callable[[], object], n: int, repeat: int = 5) -> float:
     """µs per event, best of `repeat` (the machine may be shared: the minimum is the cost)."""
     times = []
     for _ in range(repeat):
@@ -122,6 +131,7 @@ def main() -> None:
         for m in msgs:
             struct.unpack_from(">QQQ", m, 1)
             ins = pgoutput.decode(m[XLOG_PAYLOAD:])
+            assert isinstance(ins, pgoutput.Insert)
             pgoutput.convert_row(ins.new, t.columns)
 
     def new_key():
@@ -149,7 +159,7 @@ def main() -> None:
 
     codecs = {None: 0, "lz4": 3, "zstd": 4}  # the record batch attribute aiokafka's producer passes
 
-    def batches(compression: str | None):
+    def batches(compression: str | None) -> Callable[[], None]:
         def run():
             b = BatchBuilder(1 << 20, codecs[compression])
             headers = [(POSITION_HEADER, b"\0" * 17), t.schema_header]
