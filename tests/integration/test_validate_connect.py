@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BROKER, sql
-from .mysql_fixtures import MYSQL, msql
+from .harness import BROKER, MYSQL, msql, sql
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb]  # reads MariaDB's global settings
 
 
 @pytest.fixture
