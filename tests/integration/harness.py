@@ -242,9 +242,15 @@ class Worker:
         self.proc.wait()
 
     def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM; the exit code. A worker still running after `timeout` is killed, and the failure
+        shows the end of its log (where it hung)."""
         assert self.proc is not None
         self.proc.terminate()
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the worker did not exit within {timeout}s of SIGTERM; its log ends:\n{self.output()[-3000:]}") from None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
