@@ -172,7 +172,7 @@ def _key_of(ev: tuple, pk: tuple[str, ...], topic: str, partition: int) -> tuple
     try:
         if not src or any(c not in src for c in pk):
             src = orjson.loads(ev[KEY]) if ev[KEY] else None
-        row = {c: src[c] for c in pk}  # type: ignore[index]
+        row = {c: src[c] for c in pk}
         key = row[pk[0]] if len(pk) == 1 else tuple(row[c] for c in pk)
         hash(key)
     except (KeyError, TypeError, orjson.JSONDecodeError):

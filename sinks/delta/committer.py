@@ -154,13 +154,13 @@ class Committer:
         """Write `plan` as the commit of `batch`, fenced by the txn the table had (retried while
         retriable); None when the writer let its partition go before it could."""
         backoff = Backoff()
-        while True:
+        res: Committed | None = None
+        while res is None:
             if not live():
                 return None
             try:
                 res = await asyncio.to_thread(self.lake.commit, plan, expected=self.committed_offset, txn=batch.last,
                                               position=batch.position, first=batch.first)
-                break
             except Exception as e:
                 if not is_retriable(e):
                     raise

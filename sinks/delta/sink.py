@@ -185,7 +185,7 @@ class DeltaSink(Sink):
         async def commit() -> None:
             try:
                 await c.commit({tp: next_offset})
-            except Exception as e:  # not assigned any more, rebalancing, stopped ...: harmless, monitoring only
+            except Exception as e:  # noqa: BLE001 — not assigned any more, rebalancing, stopped ...: harmless, monitoring only
                 log.debug("Kafka offset commit for %s failed: %s", tp, e)
 
         task = asyncio.create_task(commit())
@@ -283,7 +283,7 @@ class DeltaSink(Sink):
             return {}
         try:
             return await self._consumer.end_offsets(tps)
-        except Exception as e:  # only a safety check (and the partitions may be gone meanwhile): go on without it
+        except Exception as e:  # noqa: BLE001 — only a safety check (and the partitions may be gone meanwhile): go on without it
             log.warning("could not read the end offsets of %d partition(s): %s", len(tps), e)
             return {}
 
@@ -292,7 +292,7 @@ class DeltaSink(Sink):
         is stopped with the error); (None, None) when it failed but may work later."""
         try:
             return True, await w.open()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — every error is classified right below (is_retriable)
             what = f"table {w.qualified}: cannot read the Delta table at {w.lake.uri} ({e.__class__.__name__}: {e})"
             if not is_retriable(e):
                 w.stop(e if isinstance(e, TerminalError) else TerminalError(f"{what}; retrying cannot help: stopped this table"))
@@ -530,7 +530,7 @@ class DeltaSink(Sink):
             try:
                 state = await asyncio.to_thread(lake.load)
                 error = None
-            except Exception as e:  # unreadable table: report it, keep going
+            except Exception as e:  # noqa: BLE001 — unreadable table: report it, keep going
                 state, error = None, f"cannot read the Delta table at {lake.uri}: {e}"
             committed = state.txn if state else None
             tables.append(TableStatus(

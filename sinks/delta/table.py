@@ -415,10 +415,10 @@ class PartitionWriter:
         catalog = self.committer.catalog_snapshot()
         stop_at: PoisonEventError | None = None
         t0 = time.perf_counter()
-        while True:
+        planned_ops: tuple[Plan, Any] | None = None
+        while planned_ops is None:  # planned again after each bad event taken out or cut at
             try:
-                planned, ops = await asyncio.to_thread(self._plan, batch.events, catalog)
-                break
+                planned_ops = await asyncio.to_thread(self._plan, batch.events, catalog)
             except PoisonEventError as e:
                 bad = getattr(e, "offset", None)
                 if bad is None:
@@ -446,6 +446,7 @@ class PartitionWriter:
             if stop_at is not None:
                 raise stop_at
             return
+        planned, ops = planned_ops
         m = self._metrics
         for op, n in ops.items():
             m.consumed(op).inc(n)
