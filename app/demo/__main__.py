@@ -37,6 +37,7 @@ from lakeward.core.config import load_config
 from lakeward.core.errors import LakewardError
 from lakeward.core.logs import setup_logging
 from lakeward.core.sink import SinkStatus
+from lakeward.core.source import SourceStatus
 
 console = Console()
 CATCH_UP_TIMEOUT_S = 120.0
@@ -120,6 +121,9 @@ class Demo:
         except KeyboardInterrupt:
             self.stop_workers()
             return 130
+        except BaseException:  # a bug in the demo itself: its workers must not outlive it
+            self.stop_workers()
+            raise
         ok = self.stop_workers() and ok
         check = self.command("demo", "check")
         self.show(check)
@@ -186,6 +190,8 @@ async def _status(workers: list[Any]) -> dict[str, list[dict[str, Any]]]:
             st = {"error": str(e)}
         if isinstance(st, SinkStatus):
             out["tables"].extend(st.to_dict()["tables"])
+        elif isinstance(st, SourceStatus):
+            out["sources"].append(st.to_dict())
         else:
             out["sources"].append(st)
     return out
@@ -216,7 +222,7 @@ def _progress(report: dict[str, list[dict[str, Any]]], elapsed: float, phase: st
                        (t.get("last_commit") or "-")[11:19], style="red" if t.get("error") else None)
     sources = Table("source", "position", "lag bytes", title_justify="left")
     for s in report["sources"]:
-        sources.add_row(str(s.get("source", "?")), str(s.get("confirmed_flush_lsn") or "-"),
+        sources.add_row(str(s.get("source", "?")), str(s.get("confirmed") or "-"),
                         str(s.get("lag_bytes", s.get("error", "-"))))
     return Group(sources, tables)
 

@@ -450,7 +450,7 @@ class PartitionWriter:
         m = self._metrics
         for op, n in ops.items():
             m.consumed(op).inc(n)
-        m.batch_events.observe(planned.events)
+        m.batch_events.observe(len(batch.events))
         t1 = time.perf_counter()
         if batch.dead and self.dead_letters is not None:
             if not await self.committer.send_dead(self.dead_letters, self, batch.dead, lambda: self.live, lambda: self.closing):

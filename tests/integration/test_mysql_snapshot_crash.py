@@ -27,8 +27,9 @@ from .test_mysql_snapshot import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
-ROWS = {"a_keyed": 40_000, "b_nokey": 60_000, "c_keyed": 20_000}
-"""Read in this order (by name): a before b before c."""
+ROWS = {"a_keyed": 200_000, "b_nokey": 60_000, "c_keyed": 20_000}
+"""Read in this order (by name): a before b before c. a_keyed is large enough (200 chunks) that a poll of
+the state topic sees it read in part: at 40,000 rows a quiet machine read it whole between two polls."""
 SOURCE = {"snapshot_parallelism": 2, "snapshot_chunk_rows": 1000}
 
 
