@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from .harness import BROKER, MYSQL, msql, sql
 
-pytestmark = [pytest.mark.integration, pytest.mark.mariadb]  # reads MariaDB's global settings
-
-
-@pytest.fixture
-def mysql_database():
-    name = f"lw_{uuid.uuid4().hex[:10]}"
-    msql(f"CREATE DATABASE `{name}`")
-    yield name
-    msql(f"DROP DATABASE IF EXISTS `{name}`")
+pytestmark = pytest.mark.integration
 
 
 def write(path: Path, *, broker: str, dsn: str, mysql_port: int, mysql_password: str, pg_tables: str, mysql_tables: str) -> Path:
@@ -53,19 +44,19 @@ def validate(config: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def test_good_config_connects_to_everything(database, mysql_database, tmp_path):
+def test_good_config_connects_to_everything(database, mysql_db, tmp_path):
     sql(database, "CREATE TABLE items (id int PRIMARY KEY)")
-    msql("CREATE TABLE stock (id int PRIMARY KEY)", db=mysql_database)
+    msql("CREATE TABLE stock (id int PRIMARY KEY)", db=mysql_db)
     out = validate(write(tmp_path / "good.yaml", broker=BROKER, dsn=database, mysql_port=MYSQL["port"], mysql_password=MYSQL["password"],
-                         pg_tables="public.items", mysql_tables=f"{mysql_database}.stock"))
+                         pg_tables="public.items", mysql_tables=f"{mysql_db}.stock"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["config ok: 2 source(s), 0 sink(s)", f"broker at {BROKER}: ok", "source shop: ok", "source legacy: ok"]
 
 
-def test_each_problem_is_one_line_naming_where_and_the_fix(database, mysql_database, tmp_path):
-    msql("CREATE TABLE stock (id int PRIMARY KEY)", db=mysql_database)
+def test_each_problem_is_one_line_naming_where_and_the_fix(database, mysql_db, tmp_path):
+    msql("CREATE TABLE stock (id int PRIMARY KEY)", db=mysql_db)
     dead = write(tmp_path / "dead.yaml", broker="127.0.0.1:1", dsn="postgresql://postgres@127.0.0.1:1/shop", mysql_port=MYSQL["port"],
-                 mysql_password="wrong", pg_tables="public.items", mysql_tables=f"{mysql_database}.stock")
+                 mysql_password="wrong", pg_tables="public.items", mysql_tables=f"{mysql_db}.stock")
     out = validate(dead)
     assert out.returncode == 1 and out.stdout == "config ok: 2 source(s), 0 sink(s)\n"
     errors = out.stderr.splitlines()
@@ -79,10 +70,10 @@ def test_each_problem_is_one_line_naming_where_and_the_fix(database, mysql_datab
 
     # Reachable, but the captured tables are not there.
     missing = write(tmp_path / "missing.yaml", broker=BROKER, dsn=database, mysql_port=MYSQL["port"], mysql_password=MYSQL["password"],
-                    pg_tables="public.nope", mysql_tables=f"{mysql_database}.nope")
+                    pg_tables="public.nope", mysql_tables=f"{mysql_db}.nope")
     out = validate(missing)
     assert out.returncode == 1 and f"broker at {BROKER}: ok" in out.stdout
     errors = out.stderr.splitlines()
     assert len(errors) == 2, out.stderr
     assert errors[0].startswith("error: source shop: table public.nope does not exist in ") and "check `tables:`" in errors[0]
-    assert errors[1].startswith("error: source legacy: ") and f"{mysql_database}.nope" in errors[1]
+    assert errors[1].startswith("error: source legacy: ") and f"{mysql_db}.nope" in errors[1]
