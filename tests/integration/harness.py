@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -240,6 +241,16 @@ class Worker:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the worker writes nothing more until it is killed (or continued)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT, after pause()."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM; the exit code. A worker still running after `timeout` is killed, and the failure

@@ -5,10 +5,11 @@ at a point of its snapshot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,23 @@ def state_doc(prefix: str) -> dict[str, Any] | None:
 
 
 def kill_when(source: Worker, prefix: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60) -> dict[str, Any]:
-    """SIGKILL `source` as soon as it writes a state document for which `predicate` holds (every
-    document is looked at, as it arrives); returns that document."""
+    """SIGKILL `source` once it wrote a state document for which `predicate` holds; returns the last
+    document it wrote, the one a restarted source resumes from.
+
+    Every document is looked at as it arrives. On a match the source is stopped (SIGSTOP) and the
+    topic read to its end before the kill: documents written between the match and the kill would
+    otherwise go unseen, and the test would assert on a state older than the one resumed from."""
 
     async def watch() -> dict[str, Any]:
         c = broker.consumer(_BROKER, isolation_level="read_uncommitted")
         await broker.start_client(c, _BROKER)
         tp = TopicPartition(state_topic(prefix), 0)
         deadline = time.monotonic() + timeout
+
+        async def documents() -> list[dict[str, Any]]:
+            records = (await c.getmany(tp, timeout_ms=10)).get(tp, [])
+            return [orjson.loads(r.value) for r in records if r.key == b"snapshot" and r.value]
+
         try:
             while state_topic(prefix) not in await c.topics():
                 assert time.monotonic() < deadline and source.alive(), source.output()[-3000:]
@@ -54,19 +64,58 @@ def kill_when(source: Worker, prefix: str, predicate: Callable[[dict[str, Any]],
             c.seek(tp, 0)
             seen = None
             while time.monotonic() < deadline:
-                for r in (await c.getmany(tp, timeout_ms=10)).get(tp, []):
-                    if r.key != b"snapshot" or not r.value:
-                        continue
-                    seen = orjson.loads(r.value)
+                for seen in await documents():
                     if predicate(seen):
+                        source.pause()
+                        await asyncio.sleep(0.3)  # what it sent before the stop reaches the broker
+                        end = (await c.end_offsets([tp]))[tp]
+                        last = seen
+                        while await c.position(tp) < end:
+                            last = ([last, *await documents()])[-1]
                         source.kill()
-                        return seen
+                        assert predicate(last), f"the source went past the kill point before it was stopped: {last}"
+                        return last
                 assert source.alive(), source.output()[-3000:]
             raise AssertionError(f"no state document matched within {timeout}s; the last: {seen}")
         finally:
             await c.stop()
 
     return asyncio.run(watch())
+
+
+@contextlib.contextmanager
+def started_with_reads_held(source: Worker, dsn: str, slot: str, held: tuple[str, ...]) -> Iterator[Worker]:
+    """Start `source`; until the block ends, its snapshot cannot read the `held` tables (public
+    schema), so a kill meant to land before their first chunk lands there on any machine.
+
+    The reads wait on an ACCESS EXCLUSIVE lock. Such a lock gives its transaction an xid, and a slot
+    being created waits for every xid running, so the lock is taken only once the slot is there:
+    an open xid holds the creation, the source is stopped (SIGSTOP) while it waits for it, the xid
+    ends, the slot gets to its consistent point, the lock is taken, the source goes on."""
+    if not held:
+        yield source.start()
+        return
+    with psycopg.connect(dsn, autocommit=True) as holder, psycopg.connect(dsn, autocommit=True) as probe:
+        def slot_state() -> tuple[bool, bool]:
+            row = probe.execute("SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = %s",
+                                (slot,)).fetchone()
+            return row is not None, bool(row and row[0])
+
+        with holder.transaction():
+            holder.execute("SELECT pg_current_xact_id()")
+            source.start()
+            deadline = time.monotonic() + 60
+            while not slot_state()[0]:
+                assert time.monotonic() < deadline and source.alive(), source.output()[-3000:]
+                time.sleep(0.02)
+            source.pause()
+        while not slot_state()[1]:
+            assert time.monotonic() < deadline, f"slot {slot} did not reach its consistent point"
+            time.sleep(0.02)
+        with holder.transaction():
+            holder.execute(f"LOCK TABLE {', '.join(f'public.{t}' for t in held)} IN ACCESS EXCLUSIVE MODE")
+            source.resume()
+            yield source
 
 
 def progress(doc: dict[str, Any], table: str) -> dict[str, Any]:

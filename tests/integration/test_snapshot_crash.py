@@ -24,6 +24,7 @@ from .pg_snapshot_checks import (
     read_events,
     slot_row,
     source_rows,
+    started_with_reads_held,
     state_doc,
     table_complete,
     table_records,
@@ -38,8 +39,9 @@ PG_SOURCE = "    snapshot_parallelism: 2\n    snapshot_chunk_rows: 2000\n    hea
 @pytest.fixture
 def pg_snapshot_kill(database, prefix, tmp_path, workers):
     """Three tables read in order (a, b, c; b large); b has a key or not. Yields a runner: start the
-    source, kill it when `predicate(state document)` holds, write some changes, restart it, and wait
-    until the lake equals the source; returns (state at the kill, state after the resume, the
+    source (with the `held` tables unreadable until the kill, so that none of their chunks is read
+    before it), kill it when `predicate(state document)` holds, write some changes, restart it, and
+    wait until the lake equals the source; returns (state at the kill, state after the resume, the
     restarted source's log)."""
 
     def tables(b_keyed: bool) -> None:
@@ -54,11 +56,11 @@ def pg_snapshot_kill(database, prefix, tmp_path, workers):
 
     cfg, log_cfg, mirror, changelog = mirror_and_changelog(tmp_path, write_config, dsn=database, prefix=prefix, extra_source=PG_SOURCE)
 
-    def run(b_keyed: bool, predicate) -> tuple[dict, dict]:
+    def run(b_keyed: bool, predicate, held: tuple[str, ...] = ()) -> tuple[dict, dict, str]:
         tables(b_keyed)
         sinks = [workers(cfg, "--sink", "lake").start(), workers(log_cfg, "--sink", "log").start()]
-        source = workers(cfg, "--source", "shop").start()
-        at_kill = kill_when(source, prefix, predicate)
+        with started_with_reads_held(workers(cfg, "--source", "shop"), database, f"lw_{prefix}", held) as source:
+            at_kill = kill_when(source, prefix, predicate)
         assert not at_kill["done"], "the kill was meant to land mid-snapshot"
         # Changes while the source is down: the restarted source streams them from the original point.
         sql(database, "INSERT INTO a_first VALUES (-1, 0, 'new')", "UPDATE a_first SET v = -v WHERE id % 1000 = 0",
@@ -99,7 +101,7 @@ def reread(prefix: str, database: str, at_kill: dict) -> dict[str, tuple[int, in
 
 def test_pg_kill_early(pg_snapshot_kill, prefix, database):
     """Killed before any chunk was acknowledged: every table is read whole at a new point."""
-    at_kill, _, _ = pg_snapshot_kill(False, lambda doc: not doc["done"])
+    at_kill, _, _ = pg_snapshot_kill(False, lambda doc: not doc["done"], held=tuple(PG_ROWS))
     assert not any(p["chunks_done"] for p in at_kill["progress"].values())
     for table, (later, rows) in reread(prefix, database, at_kill).items():
         assert later == rows, f"{table}: {later} rows read at the new point, {rows} in the table"
@@ -107,7 +109,7 @@ def test_pg_kill_early(pg_snapshot_kill, prefix, database):
 
 def test_pg_kill_between_tables(pg_snapshot_kill, prefix, database):
     """Killed once the first table was done: it is not read again; the others are read whole."""
-    at_kill, _, _ = pg_snapshot_kill(False, lambda doc: table_complete(doc, "a_first"))
+    at_kill, _, _ = pg_snapshot_kill(False, lambda doc: table_complete(doc, "a_first"), held=("c_last",))
     assert not table_complete(at_kill, "b_middle") and not progress(at_kill, "c_last")["chunks_done"]
     counts = reread(prefix, database, at_kill)
     assert counts["a_first"][0] == 0, "a table done before the kill was read again"
