@@ -32,6 +32,7 @@ from .lakecheck import lake_equals_mysql, mysql_lake_table, no_repeated_position
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 ROWS = 100_000
+BIG_TXN_ROWS = 100_000
 
 
 @pytest.fixture
@@ -100,11 +101,22 @@ def test_kill_source_mid_stream_under_load(crash_setup):
         source.kill()
         time.sleep(rnd.uniform(0, 1))
         source = workers(cfg, "--source", "legacy").start()
-    # One big transaction in flight when the last kill lands.
-    msql("INSERT INTO items SELECT seq + 10000000, 1, 'big' FROM seq_1_to_100000", db=db)
-    time.sleep(rnd.uniform(0.5, 1.5))
-    source.kill()
     load.stop()
+    # The last kill lands inside one big transaction, part of it on the topic: the source resumes
+    # only after whole transactions, so the restarted one publishes that part again. The source is
+    # stopped (SIGSTOP) at the first of its events seen, and killed once the topic shows it in part.
+    for attempt in range(1, 4):
+        before = topic_end(topic)
+        msql(f"INSERT INTO items SELECT seq + {attempt * 10_000_000}, 1, 'big' FROM seq_1_to_{BIG_TXN_ROWS}", db=db)
+        wait_until(lambda b=before: topic_end(topic) > b, timeout=60, what="the big transaction on the topic", interval=0.01)
+        source.pause()
+        time.sleep(0.3)  # what it sent before the stop reaches the broker
+        if topic_end(topic) < before + BIG_TXN_ROWS:
+            break
+        source.resume()  # it got all of it out before the stop: another try
+    else:
+        raise AssertionError("the source published each big transaction whole before it could be stopped")
+    source.kill()
     source = workers(cfg, "--source", "legacy").start()
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
 
