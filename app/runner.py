@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
+import io
 import logging
 import signal
+import sys
 import time
 from typing import Any
 
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 HEALTHY_RUN_S = 60.0
 GC_THRESHOLD = (50_000, 20, 20)
+STOP_REPORT_S = 30.0
+"""A worker still stopping this long after SIGTERM/SIGINT logs where each task and thread is."""
 
 
 def tune_gc() -> None:
@@ -87,8 +92,12 @@ async def run_workers(workers: list[Any], stop: asyncio.Event | None = None, *, 
     stop = stop or asyncio.Event()
     tune_gc()
     loop = asyncio.get_running_loop()
+    reports: list[asyncio.TimerHandle] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopping, sig, stop, reports)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr, answered in C: also when the event
+    # loop or a thread holding the GIL is stuck.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     server = await metrics.serve(metrics_config) if metrics_config is not None else None
     tasks = [asyncio.create_task(_supervise(w, stop)) for w in workers]
     code = 0
@@ -101,6 +110,29 @@ async def run_workers(workers: list[Any], stop: asyncio.Event | None = None, *, 
                 code = 1
                 stop.set()
     finally:
+        for handle in reports:
+            handle.cancel()
+        faulthandler.cancel_dump_traceback_later()
+        faulthandler.unregister(signal.SIGUSR1)
         if server is not None:
             await server.close()
     return code
+
+
+def _stopping(sig: signal.Signals, stop: asyncio.Event, reports: list[asyncio.TimerHandle]) -> None:
+    """SIGTERM/SIGINT: drain and stop. A stop that hangs says where: the tasks' stacks after
+    STOP_REPORT_S (from the loop), and every thread's (faulthandler, from its own thread, so also
+    when the loop itself is blocked) shortly after."""
+    if stop.is_set():
+        return
+    log.info("%s: draining in-flight work, then stopping", sig.name)
+    stop.set()
+    reports.append(asyncio.get_running_loop().call_later(STOP_REPORT_S, _report_tasks))
+    faulthandler.dump_traceback_later(STOP_REPORT_S + 1, file=sys.stderr)
+
+
+def _report_tasks() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=out)
+    log.warning("still stopping %.0fs after the signal; the tasks still running:\n%s", STOP_REPORT_S, out.getvalue())

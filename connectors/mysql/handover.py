@@ -32,6 +32,8 @@ BATCH_ITEMS = 1000
 asyncio side is idle, so latency stays low without per-event handoffs)."""
 QUEUE_BATCHES = 32
 """Batches in flight between the thread and the asyncio side; the bound is the backpressure."""
+FINISH_WAIT_S = 120.0
+"""How long the reader's last item waits for room in a full queue before it takes that side for gone."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,16 @@ class Handover:
             pass
 
     def finish(self) -> None:
-        try:
-            self.queue.put([FINISHED], timeout=5)
-        except queue.Full:
-            pass
+        """The reader is done: FINISHED goes last. The asyncio side drains the queue until it sees it,
+        however long its own sends take (a FINISHED dropped after a short wait left it waiting for
+        ever); only when nothing took a batch for FINISH_WAIT_S is it given up (that side is gone)."""
+        deadline = time.monotonic() + FINISH_WAIT_S
+        while True:
+            try:
+                self.queue.put([FINISHED], timeout=0.2)
+                break
+            except queue.Full:
+                self._wake()
+                if time.monotonic() > deadline:
+                    break
         self._wake()

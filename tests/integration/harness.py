@@ -253,15 +253,18 @@ class Worker:
         self.proc.send_signal(signal.SIGCONT)
 
     def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM; the exit code. A worker still running after `timeout` is killed, and the failure
-        shows the end of its log (where it hung)."""
+        """SIGTERM; the exit code. A worker still running after `timeout` is asked for its threads'
+        stacks (SIGUSR1, which it answers even with its event loop blocked), then killed; the failure
+        shows the end of its log (where it hung) and the stacks."""
         assert self.proc is not None
         self.proc.terminate()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
             self.kill()
-            raise AssertionError(f"the worker did not exit within {timeout}s of SIGTERM; its log ends:\n{self.output()[-3000:]}") from None
+            raise AssertionError(f"the worker did not exit within {timeout}s of SIGTERM; its log ends:\n{self.output()[-12000:]}") from None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
