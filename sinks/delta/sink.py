@@ -31,6 +31,7 @@ from lakeward.core.retry import Backoff, is_retriable
 from lakeward.core.sink import Sink, SinkStatus, TableStatus
 from lakeward.sinks.delta.buffer import DeadLetter
 from lakeward.sinks.delta.config import DeltaSinkConfig
+from lakeward.sinks.delta.fetch import as_fetched
 from lakeward.sinks.delta.lake import LakeTable
 from lakeward.sinks.delta.store import check_lake, table_uri
 from lakeward.sinks.delta.table import PartitionWriter, iso
@@ -347,6 +348,7 @@ class DeltaSink(Sink):
             group_id=self.group_id,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             client_id=f"lakeward-{self.config.name}",
+            value_deserializer=as_fetched,  # records as fetched, not ConsumerRecords (fetch.py)
         )
         await start_client(self._consumer, self.broker)
         health = metrics.HEALTH.worker("sink", self.config.name)
