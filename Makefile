@@ -9,7 +9,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
-PYTHON ?= python3
+# The interpreter the venv is built from: Debian's when it is 3.11 or newer (built with PGO and LTO,
+# as the python:3.11 images deploy/Dockerfile starts from are; a plain source build such as pyenv's
+# costs the workers a third more CPU, docs/performance.md), else the first python3 on PATH.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
