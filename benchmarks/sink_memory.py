@@ -8,7 +8,8 @@ Needs the local PostgreSQL and Kafka of `make services` (LAKEWARD_TEST_PG_DSN, L
 A table like benchmarks/pipeline.py's (bigint pk, int, md5 text, numeric(12,2), timestamptz,
 boolean) with `--rows` rows is published once by the PostgreSQL source (its initial snapshot);
 then, per setting, a fresh `lakeward replay --sink lake --from-beginning` process rebuilds the mirror
-table from that topic and reports its peak RSS (VmHWM) and wall time. Each replay runs in a child
+table from that topic and reports its peak RSS (VmHWM), wall time and CPU time per event (start-up
+included). Each replay runs in a child
 process whose consumer gets `max_partition_fetch_bytes` = the setting and `fetch_max_bytes` = 16 MiB
 (the product's default is the last of the list). `--noop-commit` adds, per setting, a run whose Delta
 commits are skipped: what consuming, decoding and planning cost without delta-rs' writes.
@@ -40,7 +41,8 @@ def size(text: str) -> int:
 
 
 def child(config: str, fetch: int, noop_commit: bool) -> None:
-    """One replay with the consumer's fetch size patched; prints `peak_mb seconds` at the end."""
+    """One replay with the consumer's fetch size patched; prints `peak_mb seconds cpu_seconds` at the end."""
+    from lakeward.app.cli import main  # first, as in `lakeward`: it picks Arrow's allocator before pyarrow is imported
     from lakeward.core import broker
     from lakeward.sinks.delta import lake, sink
 
@@ -54,7 +56,6 @@ def child(config: str, fetch: int, noop_commit: bool) -> None:
         # the measurement without delta-rs' writes: every commit "succeeds" at once
         lake.LakeTable.commit = lambda self, plan, **kw: lake.Committed(  # type: ignore[method-assign]
             ok=True, version=1, committed_at=time.time())
-    from lakeward.app.cli import main
 
     started = time.monotonic()
     sys.argv = ["lakeward", "--log-level", "WARNING", "-c", config, "replay", "--sink", "lake", "--from-beginning"]
@@ -63,7 +64,8 @@ def child(config: str, fetch: int, noop_commit: bool) -> None:
     except SystemExit as e:
         if e.code:
             raise
-    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} {time.monotonic() - started:.1f}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # start-up (imports, ~1 s) included
+    print(f"{usage.ru_maxrss / 1024:.0f} {time.monotonic() - started:.1f} {usage.ru_utime + usage.ru_stime:.1f}")
 
 
 def topic_end(topic: str) -> int:
@@ -140,14 +142,16 @@ sinks:
             time.sleep(1)
         source.send_signal(signal.SIGTERM)
         source.wait(60)
-        print(f"{'max_partition_fetch_bytes':>26} {'Delta commits':>14} {'peak RSS MB':>12} {'seconds':>8}")
+        print(f"{'max_partition_fetch_bytes':>26} {'Delta commits':>14} {'peak RSS MB':>12} {'seconds':>8} {'CPU µs/event':>13}")
         for fetch in args.fetch.split(","):
             for noop in ([False, True] if args.noop_commit else [False]):
-                shutil.rmtree(work / "lake", ignore_errors=True)
-                out = subprocess.run([sys.executable, __file__, "--child", str(config), str(size(fetch)), "1" if noop else ""],
-                                     capture_output=True, text=True, check=True)
-                peak, seconds = out.stdout.split()[-2:]
-                print(f"{fetch:>26} {'skipped' if noop else 'written':>14} {peak:>12} {seconds:>8}", flush=True)
+                for _ in range(args.repeat):
+                    shutil.rmtree(work / "lake", ignore_errors=True)
+                    out = subprocess.run([sys.executable, __file__, "--child", str(config), str(size(fetch)), "1" if noop else ""],
+                                         capture_output=True, text=True, check=True)
+                    peak, seconds, cpu = out.stdout.split()[-3:]
+                    per_event = float(cpu) / (args.rows + 1) * 1e6
+                    print(f"{fetch:>26} {'skipped' if noop else 'written':>14} {peak:>12} {seconds:>8} {per_event:>13.1f}", flush=True)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             drop_slot(conn, f"lw_{prefix}")
@@ -165,4 +169,5 @@ if __name__ == "__main__":
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the table (events of the topic)")
     ap.add_argument("--fetch", default="8M,2M,1M,512K,256K", help="comma-separated max_partition_fetch_bytes settings")
     ap.add_argument("--noop-commit", action="store_true", help="also run each setting with the Delta commits skipped")
+    ap.add_argument("--repeat", type=int, default=1, help="replays per setting")
     sys.exit(main(ap.parse_args()))
