@@ -3,7 +3,7 @@ starts; the machinery they use is in harness.py.
 
 Every test gets names of its own (databases, topic prefixes, consumer groups, lake directories under
 tmp_path), so the tests run in parallel (`make test`: pytest-xdist, `--dist loadgroup`). Except:
-- a test that changes MariaDB's global settings (marked `mariadb_globals`) runs while no other
+- a test that changes MariaDB's global settings or state (marked `mariadb_globals`) runs while no other
   MariaDB test does (those with the `mysql_db` fixture or marked `mariadb`), and a demo run (fixed
   database names, slot and ports; marked `demo`) while no other does: machine-wide file locks;
 - the SIGKILL tests (`crash`), whose kills aim at moments a busy machine moves, run one at a time on

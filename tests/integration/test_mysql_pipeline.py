@@ -154,6 +154,7 @@ def test_one_million_row_transaction(mysql_db, prefix, tmp_path, workers):
     assert source.terminate() == 0 and sink.terminate() == 0
 
 
+@pytest.mark.mariadb_globals  # it kills every binlog dump connection of the server, other tests' too
 def test_source_survives_a_killed_binlog_connection(mysql_db, prefix, tmp_path, workers):
     db = mysql_db
     msql("CREATE TABLE t (id int PRIMARY KEY, v int)", "INSERT INTO t SELECT seq, 0 FROM seq_1_to_100", db=db)
