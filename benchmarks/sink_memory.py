@@ -9,9 +9,8 @@ A table like benchmarks/pipeline.py's (bigint pk, int, md5 text, numeric(12,2), 
 boolean) with `--rows` rows is published once by the PostgreSQL source (its initial snapshot);
 then, per setting, a fresh `lakeward replay --sink lake --from-beginning` process rebuilds the mirror
 table from that topic and reports its peak RSS (VmHWM), wall time and CPU time per event (start-up
-included). Each replay runs in a child
-process whose consumer gets `max_partition_fetch_bytes` = the setting and `fetch_max_bytes` = 16 MiB
-(the product's default is the last of the list). `--noop-commit` adds, per setting, a run whose Delta
+included). Each replay runs in a child process whose consumer gets `max_partition_fetch_bytes` = the
+setting and `fetch_max_bytes` = 16 MiB (the product's default is the last of the list). `--noop-commit` adds, per setting, a run whose Delta
 commits are skipped: what consuming, decoding and planning cost without delta-rs' writes.
 """
 
