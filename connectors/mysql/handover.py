@@ -15,6 +15,7 @@ stops reading the binlog). A batch is a list of items:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -32,8 +33,6 @@ BATCH_ITEMS = 1000
 asyncio side is idle, so latency stays low without per-event handoffs)."""
 QUEUE_BATCHES = 32
 """Batches in flight between the thread and the asyncio side; the bound is the backpressure."""
-FINISH_WAIT_S = 120.0
-"""How long the reader's last item waits for room in a full queue before it takes that side for gone."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,7 @@ class Handover:
         self._metrics = source_metrics
         self._last_push = time.monotonic()
         self._announced: set[bytes] = set()
+        self._closed = False
 
     def push(self) -> None:
         """Hand the batch over (blocks while the queue is full; Stopped when the source stops meanwhile)."""
@@ -216,14 +216,19 @@ class Handover:
     def finish(self) -> None:
         """The reader is done: FINISHED goes last. The asyncio side drains the queue until it sees it,
         however long its own sends take (a FINISHED dropped after a short wait left it waiting for
-        ever); only when nothing took a batch for FINISH_WAIT_S is it given up (that side is gone)."""
-        deadline = time.monotonic() + FINISH_WAIT_S
-        while True:
+        ever), unless it closed the handover: then nobody reads it any more."""
+        while not self._closed:
             try:
                 self.queue.put([FINISHED], timeout=0.2)
                 break
             except queue.Full:
                 self._wake()
-                if time.monotonic() > deadline:
-                    break
         self._wake()
+
+    def close(self) -> None:
+        """The asyncio side is done with the queue (it stopped or failed): what is queued is dropped,
+        and FINISHED no longer waits for room."""
+        self._closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()

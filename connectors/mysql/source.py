@@ -269,6 +269,7 @@ class MySQLSource(Source):
             await self._consume(reader, wake, stop)
         finally:
             reader.stop_flag.set()
+            reader.handover.close()  # after a failure here the reader must not wait for room in the queue
             await asyncio.to_thread(reader.join, 30)
             await self._inbox.stop()
 
