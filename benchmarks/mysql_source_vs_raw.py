@@ -117,10 +117,12 @@ async def test_source_reaches_most_of_the_raw_decode_rate(mysql_db, prefix, tmp_
             e2e_s = time.monotonic() - started
         finally:
             sink_stop.set()
-            await asyncio.wait_for(sink_task, 60)
+            async with asyncio.timeout(60):
+                await sink_task
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
     rows, raw_s = await asyncio.to_thread(raw_decode_seconds, db, file, pos)
     assert rows == ROWS
     ratio = raw_s / source_s

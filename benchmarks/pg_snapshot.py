@@ -128,9 +128,11 @@ sinks: []
         await consumer.stop()
         if spy is not None:
             spy.send_signal(2)
-            await asyncio.wait_for(spy.wait(), 60)
+            async with asyncio.timeout(60):
+                await spy.wait()
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 60)
+        async with asyncio.timeout(60):
+            await proc.wait()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
             drop_slot(c, f"lw_{prefix}")
     assert first is not None

@@ -238,7 +238,8 @@ class Bench:
             ws_pid = ws_pid or self.walsender_pid(slot)
             ws_cpu = cpu_seconds(ws_pid) or ws_cpu
             try:
-                await asyncio.wait_for(proc.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await proc.wait()
             except TimeoutError:
                 pass
         seconds, machine, r1 = time.monotonic() - t0, machine_cpu() - m0, resource.getrusage(resource.RUSAGE_CHILDREN)

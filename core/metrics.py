@@ -302,7 +302,8 @@ async def watch(health: WorkerHealth, check: str, probe: Callable[[], Awaitable[
     worker, whose own loop decides about errors and retries as before."""
     while True:
         try:
-            await asyncio.wait_for(probe(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await probe()
         except TimeoutError:
             health.problem(check, f"{what}: no answer within {timeout_s:.0f}s")
         except Exception as e:  # noqa: BLE001 - whatever failed, the check is not ok; say what

@@ -107,7 +107,8 @@ class Backoff:
             await asyncio.sleep(delay)
             return True
         try:
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()
             return False
         except TimeoutError:
             return True

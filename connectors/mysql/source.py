@@ -295,7 +295,8 @@ class MySQLSource(Source):
                     batch = out.get_nowait()
                 except queue.Empty:
                     try:
-                        await asyncio.wait_for(wake.wait(), IDLE_WAKE_S)
+                        async with asyncio.timeout(IDLE_WAKE_S):
+                            await wake.wait()
                     except TimeoutError:
                         pass
                     batch = None

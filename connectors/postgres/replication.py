@@ -157,7 +157,8 @@ class ReplicationConnection:
 
         add(fd, ready)
         try:
-            await asyncio.wait_for(fut, wait_s)
+            async with asyncio.timeout(wait_s):
+                await fut
             return True
         except TimeoutError:
             return False

@@ -477,7 +477,9 @@ class DeltaSink(Sink):
                     try:
                         hw = c.highwater(tp)
                         if hw is not None:
-                            st.lag = max(0, hw - await asyncio.wait_for(c.position(tp), 1.0))
+                            async with asyncio.timeout(1.0):
+                                position = await c.position(tp)
+                            st.lag = max(0, hw - position)
                             st.lake_lag = max(0, hw - (0 if w.committed_offset is None else w.committed_offset + 1))
                     except (TimeoutError, KafkaError, AssertionError):
                         pass

@@ -53,7 +53,8 @@ async def running(source: MySQLSource):
     finally:
         stop.set()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
+            async with asyncio.timeout(30):
+                await task
 
 
 @pytest.mark.mariadb_globals
@@ -90,7 +91,8 @@ async def test_compressed_event_at_runtime_stops_the_source(mysql_db, prefix):
         with global_variable("log_bin_compress", "ON"):
             msql("INSERT INTO t VALUES (2, repeat('x', 5000))", db=mysql_db)  # longer than log_bin_compress_min_len
             with pytest.raises(TerminalError) as e:
-                await asyncio.wait_for(task, 30)
+                async with asyncio.timeout(30):
+                    await task
     assert "compressed event" in str(e.value) and "refusing to skip it" in str(e.value)
     assert f"MySQL at {WHERE}" in str(e.value)
 

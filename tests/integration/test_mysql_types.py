@@ -175,7 +175,8 @@ async def _capture(db: str, prefix: str) -> Captured:
         topic_records = await records(broker, topic, 1 + 3 * ROWS, task, timeout=60)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
     reader = SchemaReader(broker)
     out = Captured(snapshot={}, stream={}, before={}, sources={})
     for r in topic_records:

@@ -283,7 +283,8 @@ async def _capture(dsn: str, prefix: str) -> Captured:
         full_records = await records(broker, full_topic, 3, task)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
     reader = SchemaReader(broker)
     out = Captured(snapshot={}, stream={}, toast_update=orjson.loads(toast_records[2].value)["after"],
                    toast_full=(orjson.loads(full_records[1].value)["after"], orjson.loads(full_records[2].value)["after"]))

@@ -35,7 +35,8 @@ async def running(source: PostgresSource):
         yield task
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
 
 
 def big_text(n: int = 20000) -> str:

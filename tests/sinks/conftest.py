@@ -147,7 +147,8 @@ class Lab:
             yield sink
         finally:
             stop.set()
-            await asyncio.wait_for(task, 30)
+            async with asyncio.timeout(30):
+                await task
 
     # --- the lake -----------------------------------------------------------------------------
 

@@ -93,3 +93,25 @@ def test_metrics_config_defaults_and_validation():
     assert parse_config("").metrics.port == 9464
     with pytest.raises(ConfigError, match="did you mean 'port'"):
         parse_config("metrics:\n  prot: 1\n")
+
+
+async def test_a_probe_watch_ends_when_cancelled_as_its_probe_completes():
+    """A probe that answers at once is often done just as the worker stops and cancels its watch:
+    the watch must still end. (With Python 3.11's asyncio.wait_for the cancel was lost and the watch
+    looped on, so a sink's stop hung in `metrics.background`.)"""
+    import asyncio
+
+    async def probe() -> None:
+        await asyncio.sleep(0)
+
+    health = metrics.HEALTH.worker("sink", "cancel-race")
+    for yields in range(12):  # cancel at every point of the first probe cycles
+        task = asyncio.create_task(metrics.watch(health, "broker", probe, what="test", interval_s=0))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1)
+        while not task.done():  # clean up a watch that lost its cancel
+            task.cancel()
+            await asyncio.wait([task], timeout=0.1)
+        assert done and task.cancelled(), f"the watch went on after a cancel {yields} loop cycles in"

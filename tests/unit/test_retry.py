@@ -99,5 +99,30 @@ async def test_backoff_wait_stops_early_when_told():
     stop = asyncio.Event()
     stop.set()
     b = Backoff(initial=10.0)
-    assert await asyncio.wait_for(b.wait(stop), 1.0) is False
+    async with asyncio.timeout(1.0):
+        assert await b.wait(stop) is False
     assert await Backoff(initial=0.01).wait(asyncio.Event()) is True
+
+
+async def test_backoff_sleep_keeps_a_cancel_that_comes_as_stop_is_set():
+    """Cancelled in the same loop cycle as `stop` is set: the cancel is not lost (it was with
+    Python 3.11's asyncio.wait_for, which returned the result instead)."""
+    for yields in range(4):
+        stop = asyncio.Event()
+
+        async def sleeper(stop: asyncio.Event = stop) -> None:
+            while True:
+                await Backoff.sleep(10.0, stop)
+                stop.clear()
+
+        task = asyncio.create_task(sleeper())
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        stop.set()
+        await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1)
+        while not task.done():  # clean up a sleeper that lost its cancel
+            task.cancel()
+            await asyncio.wait([task], timeout=0.1)
+        assert done and task.cancelled(), f"the cancel was lost ({yields} loop cycles in)"
