@@ -402,6 +402,9 @@ class DeltaSink(Sink):
             if any(w.flush_task is not None for w in self._writers.values()):
                 waits.append(POLL_BUSY_S)  # pick up its backlog (or its next batch) soon after it is done
             timeout = min([POLL_MAX_S, *waits])
+            # A partition paused for a flush that has ended since is resumed before the wait: else
+            # the fetch waits out its whole timeout with nothing it may fetch (0.5 s per batch).
+            self._sync_pauses()
             with collections_paused():
                 await self._fetch(max(1, int(timeout * 1000)))
             now = time.monotonic()

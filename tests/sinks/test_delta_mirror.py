@@ -171,3 +171,32 @@ async def test_snapshot_split_over_many_batches(lab):
     rows = lab.data(t)
     assert rows == [{"id": i, "name": f"r{i}"} for i in range(3000)]
     assert len(DeltaTable(lab.uri(t)).history()) >= 4  # really more than one flush
+
+
+async def test_every_fetch_is_made_with_only_the_partitions_paused_that_must_be(lab, monkeypatch):
+    """A partition is paused while its buffer is full and a flush runs; once that flush has ended,
+    the next fetch must not wait with the partition still paused (it did: the fetch then waited out
+    its whole timeout, 0.5 s per batch, with nothing it was allowed to fetch)."""
+    from aiokafka import AIOKafkaConsumer
+
+    t = await lab.table("shop", "public", "orders", [("id", "long"), ("name", "string")], ["id"])
+    await lab.publish(t, [trunc()] + [read({"id": i, "name": f"r{i}"}) for i in range(6000)])
+    seen: list[tuple[set, set]] = []
+    sinks: list = []
+    getmany = AIOKafkaConsumer.getmany
+
+    async def checked_getmany(self, *partitions, **kw):
+        for sink in sinks:
+            if sink._consumer is self:
+                wanted = {tp for tp, w in sink._writers.items() if w.wants_pause} | set(sink._reopen)
+                seen.append((set(self.paused()), wanted & self.assignment()))
+        return await getmany(self, *partitions, **kw)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", checked_getmany)
+    async with lab.sink(batch_rows=300, batch_interval_s=5.0) as sink:
+        sinks.append(sink)
+        await lab.until(lambda: len(lab.rows(t)) == 6000, what="6000 rows")
+    assert lab.data(t) == [{"id": i, "name": f"r{i}"} for i in range(6000)]
+    assert any(paused for paused, _ in seen), "no fetch while paused: the test did not exercise pausing"
+    wrong = [(sorted(map(str, paused)), sorted(map(str, wanted))) for paused, wanted in seen if paused != wanted]
+    assert not wrong, f"{len(wrong)} of {len(seen)} fetches with other partitions paused than wanted: {wrong[:3]}"
