@@ -21,8 +21,9 @@ class DeltaSinkConfig(PluginConfig):
     """Glob patterns over `<schema>.<table>` selecting which tables of the sources to write."""
     batch_rows: int = Field(default=200_000, ge=1)
     """Flush a table once this many events are buffered for it."""
-    batch_bytes: int = Field(default=32 << 20, ge=1024)
-    """Flush a table once its buffered events take this many bytes."""
+    batch_bytes: int = Field(default=16 << 20, ge=1024)
+    """Flush a table once its buffered events take this many bytes. The next batch buffers while one
+    is written, so a worker holds about twice this per busy table (plus the write itself)."""
     batch_interval_s: float = Field(default=1.0, gt=0)
     """Flush whatever is buffered at least this often (seconds): the lake lags the broker by about this much."""
     group_id: str | None = None
