@@ -3,6 +3,7 @@ readiness rules of core/metrics.py say what they promise."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from lakeward.core import metrics
 from lakeward.core.config import parse_config
 from lakeward.core.errors import ConfigError
+
+from .cancelling import ends_on_cancel
 
 OURS = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
 LABELS = {"source", "sink", "table", "op", "partition", "kind", "worker", "type"}
@@ -99,8 +102,6 @@ async def test_a_probe_watch_ends_when_cancelled_as_its_probe_completes():
     """A probe that answers at once is often done just as the worker stops and cancels its watch:
     the watch must still end. (With Python 3.11's asyncio.wait_for the cancel was lost and the watch
     looped on, so a sink's stop hung in `metrics.background`.)"""
-    import asyncio
-
     async def probe() -> None:
         await asyncio.sleep(0)
 
@@ -109,9 +110,4 @@ async def test_a_probe_watch_ends_when_cancelled_as_its_probe_completes():
         task = asyncio.create_task(metrics.watch(health, "broker", probe, what="test", interval_s=0))
         for _ in range(yields):
             await asyncio.sleep(0)
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=1)
-        while not task.done():  # clean up a watch that lost its cancel
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
-        assert done and task.cancelled(), f"the watch went on after a cancel {yields} loop cycles in"
+        assert await ends_on_cancel(task), f"the watch went on after a cancel {yields} loop cycles in"

@@ -20,6 +20,8 @@ from lakeward.core.retry import Backoff, is_retriable
 from lakeward.sinks.delta import lake
 from lakeward.sinks.delta.errors import deterministic
 
+from .cancelling import ends_on_cancel
+
 TREE = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.LakewardError)]
 
 
@@ -120,9 +122,4 @@ async def test_backoff_sleep_keeps_a_cancel_that_comes_as_stop_is_set():
             await asyncio.sleep(0)
         stop.set()
         await asyncio.sleep(0)
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=1)
-        while not task.done():  # clean up a sleeper that lost its cancel
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
-        assert done and task.cancelled(), f"the cancel was lost ({yields} loop cycles in)"
+        assert await ends_on_cancel(task), f"the cancel was lost ({yields} loop cycles in)"
