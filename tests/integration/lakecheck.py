@@ -10,7 +10,7 @@ import pymysql.cursors
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from .harness import connect
+from .harness import connect, topic_end, wait_until
 
 
 def source_rows(dsn: str, table: str, key: str = "id") -> list[dict]:
@@ -88,6 +88,18 @@ def no_repeated_positions(lake: Path | str, table: str, source: str = "shop") ->
 
 
 # --- MariaDB: tables are `db.table`, the source is `legacy` -----------------------------------------
+
+
+def wait_for_changelog(lake: Path | str, table: str, topic: str, *, source: str = "shop", timeout: float) -> None:
+    """Until the changelog of `table` holds as many events as `topic` has offsets (the changelog
+    sink may still be behind when the source or a mirror is already caught up)."""
+
+    def changelog_complete() -> bool | str:
+        dt = lake_table(lake, table, source)
+        n = dt.to_pyarrow_dataset().count_rows() if dt else 0
+        return n >= topic_end(topic) or f"changelog of {table} has {n} of {topic_end(topic)} events"
+
+    wait_until(changelog_complete, timeout=timeout, what=f"changelog of {table} complete", interval=1)
 
 
 def mysql_rows(db: str, table: str, key: str = "id", booleans: tuple[str, ...] = ()) -> list[dict]:

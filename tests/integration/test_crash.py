@@ -12,20 +12,9 @@ import time
 import pytest
 
 from .harness import Postgres, RandomChanges, mirror_and_changelog, sql, topic_end, wait_until, write_config
-from .lakecheck import lake_equals_source, lake_table, no_repeated_positions
+from .lakecheck import lake_equals_source, lake_table, no_repeated_positions, wait_for_changelog
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
-
-
-def wait_for_changelog(changelog_lake, topic: str, *, timeout: float) -> None:
-    """Until the changelog of `items` holds as many events as the topic."""
-
-    def changelog_complete():
-        rows = lake_table(changelog_lake, "items")
-        n = rows.to_pyarrow_dataset().count_rows() if rows else 0
-        return n >= topic_end(topic) or f"changelog has {n} of {topic_end(topic)} events"
-
-    wait_until(changelog_complete, timeout=timeout, what="changelog complete", interval=1)
 
 
 @pytest.fixture
@@ -94,7 +83,7 @@ def test_kill_sinks_between_commits_under_load(crash_setup):
     # Every event on the topic is in the changelog exactly once (compare with the topic's length).
     topic = f"{prefix}.shop.public.items"
 
-    wait_for_changelog(changelog_lake, topic, timeout=120)
+    wait_for_changelog(changelog_lake, "items", topic, timeout=120)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeated_positions(changelog_lake, "items")

@@ -37,7 +37,7 @@ from .harness import (
     wait_until,
     write_mysql_config,
 )
-from .lakecheck import lake_equals_mysql, mysql_lake_rows, no_repeated_positions
+from .lakecheck import lake_equals_mysql, mysql_lake_rows, no_repeated_positions, wait_for_changelog
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +170,7 @@ def test_parallel_snapshot_of_every_key_kind_under_writes(mysql_db, prefix, tmp_
         else:
             wait_until(lambda table=table: changelog_equals_mysql(changelog_lake, db, table), timeout=30, what=f"changelog {table} == source",
                        interval=0.5)
+        wait_for_changelog(changelog_lake, f"{db}.{table}", f"{prefix}.legacy.{db}.{table}", source="legacy", timeout=30)
         no_repeated_positions(changelog_lake, f"{db}.{table}", "legacy")
         # Published in chunk order: snapshot positions strictly increase along the topic.
         snap = snapshot_positions(topic_records(prefix, db, table))

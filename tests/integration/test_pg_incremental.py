@@ -34,8 +34,15 @@ from .harness import (
     wait_until,
     write_config,
 )
-from .lakecheck import compare, lake_equals_source, lake_rows, lake_table, no_repeated_positions, source_rows
-from .test_crash import wait_for_changelog
+from .lakecheck import (
+    compare,
+    lake_equals_source,
+    lake_rows,
+    lake_table,
+    no_repeated_positions,
+    source_rows,
+    wait_for_changelog,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +166,7 @@ def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, p
     assert len({r["id"] for r in got}) == len(got), "a row was published twice by one snapshot"
     wait_until(lambda: lake_equals_source(database, mirror_lake, "items"), timeout=90, what="mirror == source", interval=1)
 
-    wait_for_changelog(changelog_lake, topic, timeout=90)
+    wait_for_changelog(changelog_lake, "items", topic, timeout=90)
     for w in (source, mirror, changelog):
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeated_positions(changelog_lake, "items")
