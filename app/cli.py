@@ -347,9 +347,23 @@ def query(
 
     A table that cannot be read is left out with a warning on stderr; a query that reads it fails."""
     try:
-        cfg = _config()
-        named = lakefs.referenced_tables(sql)
-        lake = lakefs.open_lake(cfg, as_of=as_of, prepare=named)
+        arrow = _run_query(_config(), sql, as_of)
+    except LakewardError as e:
+        _fail(e)
+    except _QueryFailed as e:
+        err.print(f"[bold red]query failed:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if arrow is not None:
+        write_result(arrow, fmt)
+
+
+def _run_query(cfg: LakewardConfig, sql: str, as_of: int | None) -> pa.Table | None:
+    """The query's result, or None for a statement without one. The DuckDB connection is closed here,
+    on every path: left to the interpreter's exit, DuckDB's threads and the Arrow streams it scans
+    were torn down in no fixed order, and a failed scan's process once ended in SIGSEGV, not exit 1."""
+    named = lakefs.referenced_tables(sql)
+    lake = lakefs.open_lake(cfg, as_of=as_of, prepare=named)
+    try:
         for name, why in lake.unreadable.items():
             err.print(f"[yellow]warning:[/] lake table {name} cannot be read, left out: {why}", highlight=False, soft_wrap=True)
         broken = sorted((named or set()) & set(lake.unreadable))
@@ -360,16 +374,14 @@ def query(
             # duckdb's stubs say a relation; a statement without a result (SET, CREATE ...) gives None
             relation: duckdb.DuckDBPyRelation | None = lake.con.sql(sql)
             if relation is None:
-                return
+                return None
             arrow = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+            del relation  # a relation must not outlive its connection (duckdb crashes closing one that is alive)
+            return arrow
         except Exception as e:  # noqa: BLE001 - duckdb errors: syntax, unknown table, a file that went missing ...
             raise _QueryFailed(_explain(str(e), lake.unreadable, cfg)) from None
-    except LakewardError as e:
-        _fail(e)
-    except _QueryFailed as e:
-        err.print(f"[bold red]query failed:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    write_result(arrow, fmt)
+    finally:
+        lake.close()
 
 
 class _QueryFailed(Exception):

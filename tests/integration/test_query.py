@@ -24,7 +24,8 @@ from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration
 
-ENV = dict(os.environ, COLUMNS="200")
+# faulthandler: a native crash of the CLI shows where it was (in the stderr the assertions print)
+ENV = dict(os.environ, COLUMNS="200", PYTHONFAULTHANDLER="1")
 
 
 def lakeward(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
