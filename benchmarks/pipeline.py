@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a short variant (< 2 minutes): smaller load, one round")
     ap.add_argument("--timeout", type=float, default=900, help="give up on a drain after this many seconds")
     ap.add_argument("--profile", action="store_true", help="run the source-alone drains under pyinstrument (slower; sessions kept in the work dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, lakes)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, lakes) and the topics")
     ap.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra source setting, e.g. status_interval_s=0.5 (repeatable; default: the product's defaults)")
     ap.add_argument("--sink-option", action="append", default=[], metavar="KEY=VALUE",

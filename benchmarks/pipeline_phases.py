@@ -114,6 +114,18 @@ class Bench:
             w.kill()
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.args.keep:  # e.g. to replay a round's topics into another lake under a profiler
+            log(f"kept the topics of {', '.join(p.prefix for p in self.pipelines)} and the work dir {self.work}")
+        else:
+            await self.delete_topics()
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.db,)).fetchall():
+                drop_slot(conn, slot)
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    async def delete_topics(self) -> None:
         try:
             async with kafka.Admin(self.broker) as admin:
                 prefixes = tuple(p.prefix + "." for p in self.pipelines)
@@ -121,12 +133,6 @@ class Bench:
                 await admin.delete_topics(mine)
         except Exception as e:  # noqa: BLE001 - cleanup only
             log(f"could not delete the benchmark topics: {e}")
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.db,)).fetchall():
-                drop_slot(conn, slot)
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-        if not self.args.keep:
-            shutil.rmtree(self.work, ignore_errors=True)
 
     def extra(self, role: str) -> str:
         """YAML lines for `--source-option` / `--sink-option KEY=VALUE` (experiments; default: none)."""
