@@ -11,6 +11,7 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import logging
 import math
@@ -346,15 +347,37 @@ def query(
     """Query the lake with DuckDB (no extension download: tables are read through delta-rs).
 
     A table that cannot be read is left out with a warning on stderr; a query that reads it fails."""
+    code = 0
     try:
         arrow = _run_query(_config(), sql, as_of)
+        if arrow is not None:
+            write_result(arrow, fmt)
     except LakewardError as e:
-        _fail(e)
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        code = 1
     except _QueryFailed as e:
         err.print(f"[bold red]query failed:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    if arrow is not None:
-        write_result(arrow, fmt)
+        code = 1
+    except BrokenPipeError:  # the reader left (`| head`): exit 1, as click does
+        code = 1
+    _exit_without_finalizing(code)
+
+
+def _exit_without_finalizing(code: int) -> NoReturn:
+    """End the process once the output is flushed, skipping the interpreter's finalization.
+
+    A scan DuckDB ends early (a LIMIT, a failed file) leaves Arrow's readahead running on Arrow's
+    I/O threads. On a remote lake each of those reads calls delta-rs' Python filesystem; one that
+    wants the GIL while the interpreter finalizes exits its thread under C++ frames that cannot
+    unwind, and the process died by SIGSEGV or SIGABRT, or hung in Arrow's pool shutdown, after
+    printing the right result (a local lake is read by Arrow's own filesystem, see
+    sinks/delta/store.py). Nothing is left to finalize: the connection is closed, the result
+    written, and the reads in flight only read."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError):  # a reader that left (`| head`) wants no more
+            stream.flush()
+    os._exit(code)
 
 
 def _run_query(cfg: LakewardConfig, sql: str, as_of: int | None) -> pa.Table | None:

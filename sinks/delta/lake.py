@@ -13,9 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import (
     CommitProperties,
     DeltaTable,
@@ -51,6 +53,20 @@ FEATURES = {TIMESTAMP_NTZ_FEATURE: TableFeatures.TimestampWithoutTimezone}
 """Table features a column type may need (arrow.required_features) -> delta-rs' enum."""
 
 __all__ = ["LakeTable", "LakeState", "Committed", "classify", "is_retriable", "app_id"]
+
+
+def arrow_filesystem(dt: DeltaTable) -> pafs.FileSystem | None:
+    """Arrow's own filesystem rooted at a local table, for `to_pyarrow_dataset`; None (delta-rs'
+    object store, through Python) for a remote one.
+
+    delta-rs' default is a PyFileSystem: every read Arrow's I/O threads make calls back into Python
+    and takes the GIL. A scan DuckDB stops early (a LIMIT) leaves such reads in flight, and one that
+    wants the GIL while the interpreter finalizes exits its thread under C++ frames that cannot
+    unwind: `lakeward query` died by SIGSEGV or SIGABRT, or hung, after printing the right result."""
+    uri = dt.table_uri  # for a local table a file:// URL, percent-encoded
+    if not uri.startswith("file://"):
+        return None
+    return pafs.SubTreeFileSystem(unquote(uri.removeprefix("file://")), pafs.LocalFileSystem())
 
 
 def app_id(topic: str, partition: int) -> str:
@@ -169,7 +185,7 @@ class LakeTable:
         the next commit is fenced on it (the values of key changes, see batch.plan_mirror)."""
         if self.dt is None:
             return None
-        ds = self.dt.to_pyarrow_dataset()
+        ds = self.dt.to_pyarrow_dataset(filesystem=arrow_filesystem(self.dt))
         pk = keys.column_names
         expr = None
         for c in pk:

@@ -26,6 +26,7 @@ from lakeward.core.config import LakeConfig, LakewardConfig
 from lakeward.core.errors import ConfigError
 from lakeward.core.s3 import is_s3
 from lakeward.sinks.delta import s3
+from lakeward.sinks.delta.lake import arrow_filesystem
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pds
@@ -212,7 +213,7 @@ def _dataset(dt: DeltaTable) -> pds.FileSystemDataset:
     footers still prune; only the file-level shortcut goes."""
     import pyarrow.dataset as pds
 
-    ds = cast("pds.FileSystemDataset", dt.to_pyarrow_dataset())  # what delta-rs builds; typed as its base class
+    ds = cast("pds.FileSystemDataset", dt.to_pyarrow_dataset(filesystem=arrow_filesystem(dt)))  # typed as its base class
     fragments = [ds.format.make_fragment(fr.path, filesystem=ds.filesystem) for fr in ds.get_fragments()]
     return pds.FileSystemDataset(fragments, ds.schema, ds.format, ds.filesystem)
 

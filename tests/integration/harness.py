@@ -221,6 +221,18 @@ def mirror_and_changelog(tmp_path: Path, write: Callable[..., Path], *, mirror_s
     return mirror, changelog, mirror_lake, changelog_lake
 
 
+def many_files(uri: str, files: int = 24, rows: int = 50_000, storage_options: dict[str, str] | None = None) -> None:
+    """A Delta table at `uri` of `files` files (id, s), enough that a scan DuckDB stops early leaves
+    Arrow reading ahead on its I/O threads."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    for i in range(files):
+        write_deltalake(uri, pa.table({"id": pa.array(range(i * rows, (i + 1) * rows), pa.int64()),
+                                       "s": pa.array([f"row {j:08d} of file {i}" for j in range(rows)], pa.large_string())}),
+                        mode="append", storage_options=storage_options)
+
+
 # --- worker processes ------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from .harness import BROKER, free_port, http_get, sql, unique_name, wait_until, write_config
+from .harness import BROKER, free_port, http_get, many_files, sql, unique_name, wait_until, write_config
 from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration
@@ -218,6 +218,17 @@ def test_filters_on_a_column_that_older_files_lack(tmp_path):
         out = lakeward("query", "-c", str(cfg), "--format", "json", f"SELECT id FROM src.public.t WHERE {where} ORDER BY id")
         assert out.returncode == 0, f"{where}: {out.stderr}"
         assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ids, where
+
+
+def test_a_query_that_stops_reading_early_exits_cleanly(tmp_path):
+    """A LIMIT ends the scan while Arrow still reads ahead on its I/O threads; the process must still
+    print the row and exit 0 (it died by SIGSEGV/SIGABRT or hung at exit in about 2 of 3 runs)."""
+    many_files(str(tmp_path / "lake" / "src" / "public" / "big"))
+    cfg = lake_config(tmp_path / "lakeward.yaml", tmp_path / "lake")
+    for run in range(6):
+        out = lakeward("query", "-c", str(cfg), "--format", "csv", "SELECT count(*) AS n FROM (SELECT id FROM src.public.big LIMIT 3)",
+                       timeout=60)
+        assert (out.returncode, out.stdout.splitlines()) == (0, ["n", "3"]), f"run {run}: {out.stderr}"
 
 
 # --- the CLI as users type it ------------------------------------------------------------------------------

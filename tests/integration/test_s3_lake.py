@@ -13,7 +13,7 @@ import pytest
 
 from lakeward.sinks.delta import s3
 
-from .harness import sql, wait_until, write_config
+from .harness import many_files, sql, wait_until, write_config
 from .lakecheck import lake_equals_source, lake_rows, lake_table
 
 pytestmark = pytest.mark.integration
@@ -125,6 +125,18 @@ def test_stale_writer_is_fenced_on_s3(s3_lake):
         write_deltalake(second, pa.table({"id": [3]}), mode="append", commit_properties=txn)
     table = DeltaTable(uri, storage_options=options)
     assert table.version() == 1 and sorted(table.to_pyarrow_table().column("id").to_pylist()) == [1, 2]
+
+
+def test_a_query_that_stops_reading_early_exits_cleanly_on_s3(prefix, tmp_path, s3_lake):
+    """A LIMIT ends the scan while Arrow still reads ahead through delta-rs' Python filesystem; the
+    process must still print the row and exit 0 (it died by SIGSEGV/SIGABRT or hung at exit in
+    about 2 of 3 runs)."""
+    many_files(f"{s3_lake}/shop/public/big", files=12, storage_options={**OPTIONS, "aws_conditional_put": "etag"})
+    config = write_config(tmp_path / "lakeward.yaml", dsn=UNUSED_DSN, prefix=prefix, lake=s3_lake,
+                          lake_options={k: f"'{v}'" for k, v in OPTIONS.items()})
+    for run in range(6):
+        out = cli(config, "query", "--format", "csv", "SELECT count(*) AS n FROM (SELECT id FROM shop.public.big LIMIT 3)", ok=False, timeout=60)
+        assert (out.returncode, out.stdout.splitlines()) == (0, ["n", "3"]), f"run {run}: {out.stderr}"
 
 
 def test_storage_errors_name_endpoint_bucket_and_fix(prefix, tmp_path, monkeypatch):
