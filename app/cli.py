@@ -139,8 +139,12 @@ def _config_file() -> Path:
     return config_path(_state.get("config_path"))
 
 
-def _fail(e: LakewardError) -> NoReturn:
+def _print_error(e: LakewardError) -> None:
     err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+
+
+def _fail(e: LakewardError) -> NoReturn:
+    _print_error(e)
     raise typer.Exit(1)
 
 
@@ -353,7 +357,7 @@ def query(
         if arrow is not None:
             write_result(arrow, fmt)
     except LakewardError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        _print_error(e)
         code = 1
     except _QueryFailed as e:
         err.print(f"[bold red]query failed:[/] {e}", highlight=False, soft_wrap=True)
@@ -364,7 +368,8 @@ def query(
 
 
 def _exit_without_finalizing(code: int) -> NoReturn:
-    """End the process once the output is flushed, skipping the interpreter's finalization.
+    """End a command that scanned the lake once its output is flushed, skipping the interpreter's
+    finalization.
 
     A scan DuckDB ends early (a LIMIT, a failed file) leaves Arrow's readahead running on Arrow's
     I/O threads. On a remote lake each of those reads calls delta-rs' Python filesystem; one that
@@ -680,13 +685,15 @@ def demo_check() -> None:
     """Compare every demo table in the lake with its source: row counts and checksums; exit 1 if any differs."""
     from lakeward.app.demo import check, data
 
+    code = 1
     try:
         cfg = _config()
         wide = console if console.is_terminal else Console(width=max(console.width, 140))  # CI logs: no wrapped rows
-        ok = check.report(check.check_all(cfg, data.demo_sources(cfg, _config_file())), wide)
+        if check.report(check.check_all(cfg, data.demo_sources(cfg, _config_file())), wide):
+            code = 0
     except LakewardError as e:
-        _fail(e)
-    raise typer.Exit(0 if ok else 1)
+        _print_error(e)
+    _exit_without_finalizing(code)  # it scans the lake as `query` does
 
 
 def main() -> None:
