@@ -376,8 +376,8 @@ def _exit_without_finalizing(code: int) -> NoReturn:
     wants the GIL while the interpreter finalizes exits its thread under C++ frames that cannot
     unwind, and the process died by SIGSEGV or SIGABRT, or hung in Arrow's pool shutdown, after
     printing the right result (a local lake is read by Arrow's own filesystem, see
-    sinks/delta/store.py). Nothing is left to finalize: the connection is closed, the result
-    written, and the reads in flight only read."""
+    sinks/delta/lake.arrow_filesystem). Nothing is left to finalize: the connection is closed, the
+    result written, and the reads in flight only read."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BrokenPipeError):  # a reader that left (`| head`) wants no more
@@ -387,8 +387,7 @@ def _exit_without_finalizing(code: int) -> NoReturn:
 
 def _run_query(cfg: LakewardConfig, sql: str, as_of: int | None) -> pa.Table | None:
     """The query's result, or None for a statement without one. The DuckDB connection is closed here,
-    on every path: left to the interpreter's exit, DuckDB's threads and the Arrow streams it scans
-    were torn down in no fixed order, and a failed scan's process once ended in SIGSEGV, not exit 1."""
+    on every path, so that its threads are gone before the process ends (_exit_without_finalizing)."""
     named = lakefs.referenced_tables(sql)
     lake = lakefs.open_lake(cfg, as_of=as_of, prepare=named)
     try:

@@ -52,7 +52,7 @@ PROTOCOL_KEY = "lakeward.protocol"
 FEATURES = {TIMESTAMP_NTZ_FEATURE: TableFeatures.TimestampWithoutTimezone}
 """Table features a column type may need (arrow.required_features) -> delta-rs' enum."""
 
-__all__ = ["LakeTable", "LakeState", "Committed", "classify", "is_retriable", "app_id"]
+__all__ = ["LakeTable", "LakeState", "Committed", "classify", "is_retriable", "app_id", "arrow_filesystem"]
 
 
 def arrow_filesystem(dt: DeltaTable) -> pafs.FileSystem | None:
