@@ -82,10 +82,15 @@ class IncrementalJob:
     """Rows published so far (after dropping those a streamed change superseded)."""
     chunks: int = 0
     """Chunks published so far."""
+    until: list[Any] | None = None
+    """Primary-key values of the table's last row (in key order, within `where`) when the job read its
+    first chunk; None before it. The chunks stop there: a row inserted later is streamed anyway, and
+    a job under a steady load of inserts at the end of the key range would otherwise chase them and
+    not end (Debezium bounds its chunks the same way)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "table": self.table, "reason": self.reason, "where": self.where, "after": self.after,
-                "rows": self.rows, "chunks": self.chunks}
+                "rows": self.rows, "chunks": self.chunks, "until": self.until}
 
     def progress(self, estimate: int | None, error: str | None = None) -> TableProgress:
         """The job as `lakeward status` shows it (rows and chunks acknowledged so far)."""
@@ -97,7 +102,7 @@ class IncrementalJob:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IncrementalJob:
         return cls(str(d["id"]), d["table"], d.get("reason", "request"), d.get("where"), d.get("after"), int(d.get("rows", 0)),
-                   int(d.get("chunks", 0)))
+                   int(d.get("chunks", 0)), d.get("until"))
 
 
 @dataclass

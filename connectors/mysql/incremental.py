@@ -68,6 +68,7 @@ class ChunkPublished:
     done: bool
     chunk_counter: int
     """The source's chunk counter after this chunk (what the state document keeps)."""
+    until: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,27 @@ class JobError(Exception):
 # --- keys and queries (pure) -----------------------------------------------------------------------
 
 
+def _key_compare(pk: tuple[str, ...], strict: str, last: str) -> str:
+    """`(k1, k2) > (x, y)` (strict `>`, last `>`) or `<= (x, y)` (`<`, `<=`) spelled as (k1 >= x AND
+    ((k1 > x) OR (k1 = x AND k2 > y))), so that the optimizer sees an index range; `%s` per value,
+    as key_args gives them."""
+    if len(pk) == 1:
+        return f"{quote(pk[0])} {last} %s"
+    ors = ["(" + " AND ".join([f"{quote(k)} = %s" for k in pk[:i]] + [f"{quote(pk[i])} {last if i == len(pk) - 1 else strict} %s"]) + ")"
+           for i in range(len(pk))]
+    return f"{quote(pk[0])} {strict}= %s AND ({' OR '.join(ors)})"
+
+
 def chunk_query(db: str, table: str, defs: list[ColumnDef], pk: tuple[str, ...], after: bool, where: str | None,
-                limit: int) -> str:
-    """The keyset query of one chunk: `(k1, k2) > (after)` spelled as (k1 >= x AND ((k1 > x) OR (k1 = x
-    AND k2 > y))) so that the optimizer sees an index range, AND (where), in key order."""
+                limit: int, until: bool = False) -> str:
+    """The keyset query of one chunk: key > after (if any), key <= until (if any), AND (where), in key
+    order; the arguments are chunk_args(after, until)."""
     select = ", ".join(snapshot_expr(d, quote(d.name)) for d in defs)
     conds = []
     if after:
-        ors = ["(" + " AND ".join([f"{quote(k)} = %s" for k in pk[:i]] + [f"{quote(pk[i])} > %s"]) + ")" for i in range(len(pk))]
-        conds.append(f"{quote(pk[0])} >= %s AND ({' OR '.join(ors)})" if len(pk) > 1 else f"{quote(pk[0])} > %s")
+        conds.append(_key_compare(pk, ">", ">"))
+    if until:
+        conds.append(_key_compare(pk, "<", "<="))
     if where:
         conds.append(where)
     sql = f"SELECT {select} FROM {quote(db)}.{quote(table)}"
@@ -103,14 +116,26 @@ def chunk_query(db: str, table: str, defs: list[ColumnDef], pk: tuple[str, ...],
     return sql + f" ORDER BY {', '.join(quote(k) for k in pk)} LIMIT {int(limit)}"
 
 
-def chunk_args(after: list[Any] | None) -> list[Any]:
-    """The arguments of chunk_query for the key `after` (decoded)."""
-    if not after:
-        return []
-    args: list[Any] = [after[0]] if len(after) > 1 else []
-    for i in range(len(after)):
-        args += after[:i] + [after[i]]
+def last_key_query(db: str, table: str, defs: list[ColumnDef], pk: tuple[str, ...], where: str | None) -> str:
+    """The key of the table's last row in key order (within `where`), read as the chunks read it: a job's `until`."""
+    by_name = {d.name: d for d in defs}
+    sql = f"SELECT {', '.join(snapshot_expr(by_name[k], quote(k)) for k in pk)} FROM {quote(db)}.{quote(table)}"
+    if where:
+        sql += f" WHERE ({where})"
+    return sql + f" ORDER BY {', '.join(quote(k) + ' DESC' for k in pk)} LIMIT 1"
+
+
+def key_args(key: list[Any]) -> list[Any]:
+    """The arguments of one _key_compare for `key` (decoded)."""
+    args: list[Any] = [key[0]] if len(key) > 1 else []
+    for i in range(len(key)):
+        args += key[:i] + [key[i]]
     return args
+
+
+def chunk_args(after: list[Any] | None, until: list[Any] | None = None) -> list[Any]:
+    """The arguments of chunk_query for the keys `after` and `until` (decoded)."""
+    return (key_args(after) if after else []) + (key_args(until) if until else [])
 
 
 def touches(ddl: Ddl, table: str) -> bool:
@@ -145,6 +170,8 @@ class Chunk:
     """The job's `after` once this chunk is published (encoded)."""
     done: bool
     counter: int
+    until: list[Any] | None = None
+    """The job's `until` (encoded): found with its first chunk, kept from then on."""
 
     @property
     def at(self) -> tuple[int, int]:
@@ -196,7 +223,7 @@ class Jobs:
     def published(self, chunk: Chunk) -> ChunkPublished:
         """Advance the job and the counter past a chunk handed over."""
         job = chunk.job
-        job.after, job.rows, job.chunks = chunk.after, job.rows + len(chunk.events), job.chunks + 1
+        job.after, job.rows, job.chunks, job.until = chunk.after, job.rows + len(chunk.events), job.chunks + 1, chunk.until
         self.counter = chunk.counter + 1
         self.pending = None
         if chunk.done:
@@ -204,7 +231,7 @@ class Jobs:
             log.info("source %s: incremental snapshot of %s done: %d rows in %d chunk(s)", self.cfg.name, job.table, job.rows,
                      job.chunks)
         self._settle()
-        return ChunkPublished(job.id, job.table, job.after, len(chunk.events), chunk.done, self.counter)
+        return ChunkPublished(job.id, job.table, job.after, len(chunk.events), chunk.done, self.counter, job.until)
 
     def stopped(self, job: IncrementalJob, reason: str) -> JobStopped:
         self.jobs.remove(job)
@@ -265,13 +292,20 @@ class Jobs:
             if not pk:
                 raise JobError(f"table {job.table} has no primary key, which an incremental snapshot reads in order of")
             after = decode_key(job.after) if job.after else None
-            if after is not None and len(after) != len(pk):
-                raise JobError(f"table {job.table}: the stored progress has {len(after)} key value(s), the primary key now "
-                               f"{len(pk)} column(s) ({', '.join(pk)})")
-            sql = chunk_query(db, name, defs, tuple(pk), after is not None, job.where, cfg.snapshot_chunk_rows)
+            until = decode_key(job.until) if job.until else None
+            for stored, what in ((after, "progress"), (until, "end of the job")):
+                if stored is not None and len(stored) != len(pk):
+                    raise JobError(f"table {job.table}: the stored {what} has {len(stored)} key value(s), the primary key now "
+                                   f"{len(pk)} column(s) ({', '.join(pk)})")
+            rows, error, until_key = [], None, job.until
             try:
-                rows = catalog.query(conn, sql, chunk_args(after))
-                error = None
+                if until is None:
+                    last_row = catalog.query(conn, last_key_query(db, name, defs, tuple(pk), job.where), [])
+                    until = list(last_row[0]) if last_row else None
+                    until_key = encode_key(until) if until is not None else None
+                if until is not None:
+                    sql = chunk_query(db, name, defs, tuple(pk), after is not None, job.where, cfg.snapshot_chunk_rows, until=True)
+                    rows = catalog.query(conn, sql, chunk_args(after, until))
             except pymysql.err.MySQLError as e:
                 if _connection_lost(e) or _retry(e):
                     raise
@@ -296,7 +330,8 @@ class Jobs:
         info = tables.from_entry(cfg.name, self.prefix, entry, self.boolean)
         key_at = [[d.name for d in defs].index(k) for k in pk]
         last = encode_key([rows[-1][i] for i in key_at]) if rows else job.after
-        return Chunk(job, point, info, self._events(info, point, rows), last, len(rows) < cfg.snapshot_chunk_rows, self.counter)
+        return Chunk(job, point, info, self._events(info, point, rows), last, len(rows) < cfg.snapshot_chunk_rows, self.counter,
+                     until_key)
 
     def _events(self, info: TableInfo, point: BinlogPoint, rows: list[tuple]) -> list[tuple]:
         """The chunk's `r` events, converted like snapshot rows (same values as the stream's)."""

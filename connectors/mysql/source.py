@@ -439,7 +439,7 @@ class MySQLSource(Source):
         await self._publisher.flush()
         job = self._job(item.job_id, item.table)
         if job is not None:
-            job.after, job.rows, job.chunks = item.after, job.rows + item.rows, job.chunks + 1
+            job.after, job.rows, job.chunks, job.until = item.after, job.rows + item.rows, job.chunks + 1, item.until
             if item.done:
                 self._state.jobs.remove(job)
         self._state.chunk_counter = item.chunk_counter

@@ -184,21 +184,36 @@ def _ident(name: str) -> str:
 
 
 def chunk_query(schema: str, table: str, columns: list[str], key: list[str], key_types: list[str], *, after: bool, where: str | None,
-                limit: int) -> str:
-    """The keyset query of one chunk: `%s` placeholders for the key values of `after` (cast to the key
-    columns' types, so they may be the text PostgreSQL writes); a `%` of `where` is escaped."""
+                limit: int, until: bool = False) -> str:
+    """The keyset query of one chunk: `%s` placeholders for the key values of `after`, then of
+    `until` (cast to the key columns' types, so they may be the text PostgreSQL writes); a `%` of
+    `where` is escaped."""
     keys = ", ".join(_ident(k) for k in key)
+    values = ", ".join(f"CAST(%s AS {t})" for t in key_types)
     conds = []
     if after:
-        values = ", ".join(f"CAST(%s AS {t})" for t in key_types)
         conds.append(f"({keys}) > ({values})" if len(key) > 1 else f"{keys} > {values}")
+    if until:
+        conds.append(f"({keys}) <= ({values})" if len(key) > 1 else f"{keys} <= {values}")
     if where:
-        # Parentheses and a newline: a trailing `-- comment` or an OR stays inside the condition.
-        conds.append(f"({where.replace('%', '%%')}\n)")
+        conds.append(_where(where))
     sql = f"SELECT {', '.join(_ident(c) for c in columns)} FROM {_ident(schema)}.{_ident(table)}"
     if conds:
         sql += " WHERE " + " AND ".join(conds)
     return f"{sql} ORDER BY {keys} LIMIT {int(limit)}"
+
+
+def last_key_query(schema: str, table: str, key: list[str], *, where: str | None) -> str:
+    """The key of the table's last row in key order (within `where`): a job's `until`."""
+    sql = f"SELECT {', '.join(_ident(k) for k in key)} FROM {_ident(schema)}.{_ident(table)}"
+    if where:
+        sql += f" WHERE {_where(where)}"
+    return f"{sql} ORDER BY {', '.join(_ident(k) + ' DESC' for k in key)} LIMIT 1"
+
+
+def _where(where: str) -> str:
+    # Parentheses and a newline: a trailing `-- comment` or an OR stays inside the condition.
+    return f"({where.replace('%', '%%')}\n)"
 
 
 def job_failed(exc: BaseException) -> bool:
@@ -441,10 +456,17 @@ class IncrementalSnapshots:
                     raise psycopg.errors.FeatureNotSupported(f"table {job.table} has no primary key any more")
                 types = {n: (o, m) for n, o, m in columns}
                 await catalog.format_types(conn, [types[k] for k in t.pk], self._key_types)
-                sql = chunk_query(schema, table, [n for n, _, _ in columns], t.pk, [self._key_types[types[k]] for k in t.pk],
-                                  after=job.after is not None, where=job.where, limit=limit)
-                c.rows, c.last_key, c.table = await self._rows(conn, sql, job.after or [], t, [t.names.index(k) for k in t.pk])
-                c.full = len(c.rows) >= limit
+                key_types = [self._key_types[types[k]] for k in t.pk]
+                if job.until is None:
+                    job.until = await self._last_key(conn, last_key_query(schema, table, t.pk, where=job.where))
+                if job.until is None:  # nothing to read
+                    c.rows, c.last_key, c.table, c.full = [], job.after, t, False
+                else:
+                    sql = chunk_query(schema, table, [n for n, _, _ in columns], t.pk, key_types,
+                                      after=job.after is not None, until=True, where=job.where, limit=limit)
+                    c.rows, c.last_key, c.table = await self._rows(conn, sql, [*(job.after or []), *job.until], t,
+                                                                   [t.names.index(k) for k in t.pk])
+                    c.full = len(c.rows) >= limit
         except BaseException:
             if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.close()  # a cancel mid-read: never reuse a connection in an unknown state
@@ -452,6 +474,15 @@ class IncrementalSnapshots:
         if c.rows:
             content = orjson.dumps({"source": self.name, "job": job.id, "table": job.table, "chunk": job.chunks + 1, "nonce": c.nonce})
             await conn.execute(_EMIT_WATERMARK, (WATERMARK_PREFIX, content.decode()))
+
+    async def _last_key(self, conn: psycopg.AsyncConnection, sql: str) -> list[Any] | None:
+        """The key `last_key_query` finds, as text (as the chunks' `after`), or None for no rows."""
+        async with conn.cursor() as cur:
+            await cur.execute(sql, ())  # with arguments, so that the `%%` of an escaped `where` reads `%`
+            for d in cur.description or ():
+                cur.adapters.register_loader(d.type_code, TextLoader)
+            row = await cur.fetchone()
+        return None if row is None else list(row)
 
     async def _rows(self, conn: psycopg.AsyncConnection, sql: str, after: list[Any], t: _Table,
                     key_at: list[int]) -> tuple[list[tuple[bytes, dict]], list[Any] | None, _Table]:

@@ -21,7 +21,7 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
-from .harness import BROKER, MYSQL, MariaDB, RandomChanges, msql, wait_until, write_mysql_config
+from .harness import BROKER, MYSQL, AppendRows, MariaDB, RandomChanges, mquery, msql, wait_until, write_mysql_config
 from .lakecheck import lake_equals_mysql, mysql_lake_rows, mysql_lake_table, no_repeated_positions
 
 pytestmark = pytest.mark.integration
@@ -52,12 +52,14 @@ def state(prefix: str) -> SourceState | None:
     return SourceState.from_json(value) if value is not None else None
 
 
-def jobs_done(prefix: str, min_chunks: int = 1):
-    """True once the state shows no job left and at least `min_chunks` chunks published."""
+def jobs_done(prefix: str, min_chunks: int = 1, *, requests: int = 0):
+    """True once the state shows no job left, at least `min_chunks` chunks published and at least
+    `requests` requests taken (a job's chunk count depends on the rows a load left in its range)."""
     s = state(prefix)
     if s is None:
         return "no state yet"
-    return (not s.jobs and s.chunk_counter >= min_chunks) or f"jobs {[j.to_dict() for j in s.jobs]}, chunk_counter {s.chunk_counter}"
+    return ((not s.jobs and s.chunk_counter >= min_chunks and s.signals_offset >= requests)
+            or f"jobs {[j.to_dict() for j in s.jobs]}, chunk_counter {s.chunk_counter}, requests taken {s.signals_offset}")
 
 
 def same_event(a: bytes | None, b: bytes | None) -> bool:
@@ -130,7 +132,7 @@ def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, wo
     load.start()
     time.sleep(1)
     request(prefix, [f"{db}.items"])
-    wait_until(lambda: jobs_done(prefix, 20000 // 200), timeout=180, what="the incremental snapshot to finish", interval=0.5)
+    wait_until(lambda: jobs_done(prefix, requests=1), timeout=180, what="the incremental snapshot to finish", interval=0.5)
     load.stop()
     assert load.transactions > 100
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
@@ -143,6 +145,38 @@ def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, wo
         assert w.terminate() == 0, w.output()[-3000:]
     no_repeated_positions(changelog_lake, f"{db}.items", "legacy")
     assert f"incremental snapshot of {db}.items done" in source.output()
+
+
+def job_until(prefix: str):
+    """The running job's `until` once its first chunk found it (or a string saying why not yet)."""
+    s = state(prefix)
+    return (s is not None and s.jobs and s.jobs[0].until) or f"jobs {s and [j.to_dict() for j in s.jobs]}"
+
+
+def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, workers):
+    """A job reads up to the key of the table's last row as of its first chunk, kept in its state:
+    rows appended later are streamed. A job that chased them would not end while the inserts outpace
+    its chunks (it read 590,000 rows in 2 minutes of this load, and on)."""
+    db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
+    topic = f"{prefix}.legacy.{db}.items"
+    load = AppendRows(MariaDB(db), "INSERT INTO items SELECT seq, seq MOD 100, md5(seq) FROM seq_1_to_100000000 WHERE seq BETWEEN %s AND %s",
+                      20001, block=1000, pause_s=0.05)
+    load.start()
+    try:
+        wait_until(lambda: load.next_id > 25_001, timeout=60, what="the appends to be under way")
+        request(prefix, [f"{db}.items"])
+        (until,) = wait_until(lambda: job_until(prefix), timeout=60, what="the job's first chunk", interval=0.05)
+        wait_until(lambda: jobs_done(prefix, 20_000 // 200), timeout=180, what="the job to end", interval=0.5)
+        appended_by_then = load.next_id
+    finally:
+        load.stop()
+    assert 25_000 <= until < appended_by_then
+    ids = sorted(v["after"]["id"] for _, v in incremental_reads(topic))
+    assert ids == list(range(1, until + 1)), "every key up to the job's end read once, none after it"
+    wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
+    positions_increase(topic)
+    for w in (source, *sinks):
+        assert w.terminate() == 0, w.output()[-3000:]
 
 
 def test_where_and_refused_tables_leave_the_capture_running(items, workers):
@@ -211,7 +245,12 @@ def test_killed_source_resumes_the_job_from_its_progress(mysql_db, prefix, tmp_p
     # Only the rest is read again (plus, at most, the chunk in flight at the kill).
     print(f"acknowledged before the kill: {acked.rows} rows; read after the restart: {again}; inserted by the load: {load.next_id - rows - 1}")
     assert again < rows, "the restarted source read the whole table again"
-    assert rows - acked.rows <= again <= rows - acked.rows + 2 * 1000 + load.next_id - rows, (again, acked.rows)
+    assert acked.until is not None, "the job's end is kept in its state"
+    after, until = acked.after[0], acked.until[0]
+    assert until >= rows, "the job ends at the last key it found"
+    # The rows between the acknowledged chunks and the job's end, less those the load deleted since.
+    left = mquery("SELECT count(*) FROM items WHERE id > %s AND id <= %s", (after, until), db=db)[0][0]
+    assert left <= again <= until - after + 1000, (again, left, acked.rows)
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)
     positions_increase(topic)
     wait_for_changelog(topic, changelog_lake, db)
@@ -231,7 +270,7 @@ def test_schema_changes_during_a_job(items, workers):
     msql("ALTER TABLE items ADD COLUMN extra int", "UPDATE items SET extra = id WHERE id % 5 = 0", db=db)
     time.sleep(0.5)
     msql("ALTER TABLE items ADD COLUMN filled int NOT NULL DEFAULT 5", db=db)
-    wait_until(lambda: jobs_done(prefix, 100), timeout=120, what="the job to finish", interval=0.5)
+    wait_until(lambda: jobs_done(prefix, requests=1), timeout=120, what="the job to finish", interval=0.5)
     assert load.is_alive()
     load.stop()
     wait_until(lambda: lake_equals_mysql(db, mirror_lake, "items"), timeout=120, what="mirror == source", interval=1)

@@ -24,6 +24,7 @@ from lakeward.core.snapshot import new_request, send_request
 
 from .harness import (
     BROKER,
+    AppendRows,
     Execute,
     Postgres,
     RandomChanges,
@@ -173,6 +174,43 @@ def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, p
     assert check_reads_against_changelog(changelog_lake) == len(got)
 
 
+def job_until(prefix: str):
+    """The running job's `until` once its first chunk found it (or a string saying why not yet)."""
+    s = state(prefix)
+    return (s is not None and s.jobs and s.jobs[0].until) or f"jobs {s and [j.to_dict() for j in s.jobs]}"
+
+
+def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, prefix, tmp_path, workers):
+    """A job reads up to the key of the table's last row as of its first chunk, kept in its state:
+    rows appended later are streamed. A job that chased them would not end while the inserts outpace
+    its chunks (it read 4,000 chunks in 2 minutes of this load, and on)."""
+    database = items
+    lake = tmp_path / "mirror"
+    cfg = write_config(tmp_path / "m.yaml", dsn=database, prefix=prefix, lake=lake, extra_source=SMALL_CHUNKS)
+    source = workers(cfg, "--source", "shop").start()
+    mirror = workers(cfg, "--sink", "lake").start()
+    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=90, what="initial snapshot in the mirror", interval=1)
+    topic = f"{prefix}.shop.public.items"
+    before = topic_end(topic)
+    load = AppendRows(Postgres(database), "INSERT INTO items SELECT g, mod(g, 100), md5(g::text) FROM generate_series(%s::bigint, %s::bigint) g",
+                      3001)
+    load.start()
+    try:
+        wait_until(lambda: load.next_id > 8001, timeout=60, what="the appends to be under way")
+        request(prefix, ["public.items"])
+        (until,) = wait_until(lambda: job_until(prefix), timeout=60, what="the job's first chunk", interval=0.05)
+        wait_until(lambda: requests_done(prefix, 1), timeout=180, what="the job to end", interval=0.5)
+        appended_by_then = load.next_id
+    finally:
+        load.stop()
+    assert 8000 <= int(until) < appended_by_then
+    ids = sorted(r["id"] for r in reads(topic, since=before))
+    assert ids == list(range(1, int(until) + 1)), "every key up to the job's end read once, none after it"
+    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=120, what="mirror == source", interval=1)
+    for w in (source, mirror):
+        assert w.terminate() == 0, w.output()[-3000:]
+
+
 def test_killed_source_resumes_the_job_from_its_progress(database, prefix, tmp_path, workers):
     sql(database, "CREATE TABLE items (id bigint PRIMARY KEY, v int, s text)",
         "INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, 100000) g")
@@ -205,7 +243,9 @@ def test_killed_source_resumes_the_job_from_its_progress(database, prefix, tmp_p
     wait_until(lambda: requests_done(prefix, 1), timeout=120, what="the resumed job to finish", interval=0.5)
     after_restart = sorted(r["id"] for r in reads(topic, since=killed_at))
     rows_now = [r["id"] for r in source_rows(database, "items")]
-    assert after_restart == [i for i in rows_now if i > int(done.after[0])], "the restart reads exactly the rows after the acknowledged chunks"
+    assert done.until is not None and int(done.until[0]) >= 100000, "the job ends at the last key it found, kept in its state"
+    assert after_restart == [i for i in rows_now if int(done.after[0]) < i <= int(done.until[0])], \
+        "the restart reads exactly the rows after the acknowledged chunks, up to the job's end"
     assert len(after_restart) < len(rows_now)
     wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=120, what="mirror == source", interval=1)
     for w in (source, mirror):

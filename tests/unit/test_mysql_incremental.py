@@ -14,6 +14,7 @@ from lakeward.connectors.mysql.incremental import (
     chunk_query,
     decode_key,
     encode_key,
+    last_key_query,
     touches,
 )
 from lakeward.connectors.mysql.snapshot import BinlogPoint
@@ -42,6 +43,18 @@ def test_chunk_query_composite_key_is_an_index_range():
                    "ORDER BY `a`, `b` LIMIT 10")
     assert chunk_args([1, "x"]) == [1, 1, 1, "x"]
     assert chunk_args(None) == []
+
+
+def test_chunk_query_stops_at_the_jobs_last_key():
+    defs = [col("a"), col("b"), col("c")]
+    sql = chunk_query("d", "t", defs, ("a", "b"), True, "c > 0", 10, until=True)
+    assert sql == ("SELECT `a`, `b`, `c` FROM `d`.`t` WHERE (`a` >= %s AND ((`a` > %s) OR (`a` = %s AND `b` > %s))) "
+                   "AND (`a` <= %s AND ((`a` < %s) OR (`a` = %s AND `b` <= %s))) AND (c > 0) ORDER BY `a`, `b` LIMIT 10")
+    assert chunk_args([1, "x"], [9, "z"]) == [1, 1, 1, "x", 9, 9, 9, "z"]
+    assert chunk_query("d", "t", defs[:1], ("a",), False, None, 10, until=True) == "SELECT `a` FROM `d`.`t` WHERE (`a` <= %s) ORDER BY `a` LIMIT 10"
+    assert chunk_args(None, [9]) == [9]
+    assert last_key_query("d", "t", [col("a"), col("f", "float")], ("f", "a"), "a > 1") == (
+        "SELECT (`f` + 0E0), `a` FROM `d`.`t` WHERE (a > 1) ORDER BY `f` DESC, `a` DESC LIMIT 1")
 
 
 def test_keys_survive_the_state_document():

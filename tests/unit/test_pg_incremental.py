@@ -14,6 +14,7 @@ from lakeward.connectors.postgres.incremental import (
     XidRing,
     chunk_query,
     job_failed,
+    last_key_query,
     unsupported_reason,
     widen_xid,
 )
@@ -108,6 +109,14 @@ def test_chunk_query_single_key_first_chunk_with_where():
 def test_chunk_query_composite_key_after():
     sql = chunk_query("s", "t", ["region", "n", "x"], ["region", "n"], ["text", "integer"], after=True, where=None, limit=100)
     assert sql == 'SELECT "region", "n", "x" FROM "s"."t" WHERE ("region", "n") > (CAST(%s AS text), CAST(%s AS integer)) ORDER BY "region", "n" LIMIT 100'
+
+
+def test_chunk_query_stops_at_the_jobs_last_key():
+    sql = chunk_query("s", "t", ["region", "n"], ["region", "n"], ["text", "integer"], after=True, until=True, where="n > 0", limit=10)
+    assert sql == ('SELECT "region", "n" FROM "s"."t" WHERE ("region", "n") > (CAST(%s AS text), CAST(%s AS integer)) '
+                   'AND ("region", "n") <= (CAST(%s AS text), CAST(%s AS integer)) AND (n > 0\n) ORDER BY "region", "n" LIMIT 10')
+    assert last_key_query("s", "t", ["region", "n"], where="n % 2 = 0") == \
+        'SELECT "region", "n" FROM "s"."t" WHERE (n %% 2 = 0\n) ORDER BY "region" DESC, "n" DESC LIMIT 1'
 
 
 def test_which_read_errors_stop_a_job():

@@ -68,8 +68,9 @@ def test_request_reads_back_as_written():
 
 
 def test_job_and_progress_documents():
-    job = snapshot.IncrementalJob("abc", "public.orders", "resume", None, [17, "x"], rows=100, chunks=2)
+    job = snapshot.IncrementalJob("abc", "public.orders", "resume", None, [17, "x"], rows=100, chunks=2, until=[900, "z"])
     assert snapshot.IncrementalJob.from_dict(job.to_dict()) == job
+    assert snapshot.IncrementalJob.from_dict({**job.to_dict(), "until": None}).until is None  # a job stored before `until` existed
     assert snapshot.IncrementalJob.from_dict({"id": "abc", "table": "public.orders"}) == snapshot.IncrementalJob("abc", "public.orders")
     progress = snapshot.TableProgress("public.orders", "incremental", rows=5, chunks_done=1, extra={"reason": "request"})
     assert progress.to_dict() == {"table": "public.orders", "kind": "incremental", "rows": 5, "estimate": None, "chunks_done": 1,
