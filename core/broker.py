@@ -240,14 +240,19 @@ class BatchPublisher:
         self.appended = 0
 
     def append(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """One event, stamped with the current time. Like `extend` it feeds aiokafka's record builder
+        directly: the BatchBuilder.append wrapper (keyword call, serializer hook) was ~0.3 µs of a
+        streamed event's ~7."""
         batch = self._open.get(topic)
         if batch is None:
             batch = self._open[topic] = self._producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+        if batch._builder.append(batch._relative_offset, None, key, value, headers) is None:
+            batch.close()
             self._full.append((topic, batch))
             batch = self._open[topic] = self._producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            if batch._builder.append(0, None, key, value, headers) is None:
                 raise ValueError(f"event for topic {topic} is larger than the producer's max_batch_size")
+        batch._relative_offset += 1
         self.appended += 1
 
     def extend(self, topic: str, events: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], timestamp_ms: int) -> None:
