@@ -204,8 +204,11 @@ def chunk_query(schema: str, table: str, columns: list[str], key: list[str], key
 
 
 def last_key_query(schema: str, table: str, key: list[str], *, where: str | None) -> str:
-    """The key of the table's last row in key order (within `where`): a job's `until`."""
-    sql = f"SELECT {', '.join(_ident(k) for k in key)} FROM {_ident(schema)}.{_ident(table)}"
+    """The key of the table's last row in key order (within `where`): a job's `until`, as the text
+    the types' output functions write (what the chunks' `after` holds, and the state can store). The
+    texts are named apart from the columns: ORDER BY a name prefers an output column to a table's."""
+    texts = ", ".join(f"CAST({_ident(k)} AS text) AS key_{i}" for i, k in enumerate(key))
+    sql = f"SELECT {texts} FROM {_ident(schema)}.{_ident(table)}"
     if where:
         sql += f" WHERE {_where(where)}"
     return f"{sql} ORDER BY {', '.join(_ident(k) + ' DESC' for k in key)} LIMIT 1"
@@ -476,11 +479,9 @@ class IncrementalSnapshots:
             await conn.execute(_EMIT_WATERMARK, (WATERMARK_PREFIX, content.decode()))
 
     async def _last_key(self, conn: psycopg.AsyncConnection, sql: str) -> list[Any] | None:
-        """The key `last_key_query` finds, as text (as the chunks' `after`), or None for no rows."""
+        """The key `last_key_query` finds, or None for no rows."""
         async with conn.cursor() as cur:
             await cur.execute(sql, ())  # with arguments, so that the `%%` of an escaped `where` reads `%`
-            for d in cur.description or ():
-                cur.adapters.register_loader(d.type_code, TextLoader)
             row = await cur.fetchone()
         return None if row is None else list(row)
 

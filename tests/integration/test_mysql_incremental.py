@@ -179,6 +179,27 @@ def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, work
         assert w.terminate() == 0, w.output()[-3000:]
 
 
+def test_a_job_over_composite_text_and_temporal_keys_with_where(mysql_db, prefix, tmp_path, workers):
+    """The bounds of a job (after, until) over a key of text and datetime, with a `where`: exactly the
+    matching rows are read, each once, in chunks that end inside a region."""
+    db = mysql_db
+    msql("CREATE TABLE ledger (region varchar(20), at datetime(3), amount decimal(12, 2), note varchar(40), PRIMARY KEY (region, at))",
+         "INSERT INTO ledger SELECT r.region, TIMESTAMP '2024-01-01 00:00:00.250' + INTERVAL s.seq HOUR, (s.seq MOD 7) * 1.25, "
+         "CONCAT(r.i, '-', LPAD(s.seq, 3, '0')) FROM (SELECT 1 AS i, 'eu' AS region UNION ALL SELECT 2, 'us' UNION ALL "
+         "SELECT 3, 'Ünï' UNION ALL SELECT 4, 'a b' UNION ALL SELECT 5, 'it''s') r, seq_1_to_120 s", db=db)  # notes sort alike everywhere
+    lake = tmp_path / "mirror"
+    cfg = write_mysql_config(tmp_path / "m.yaml", db=db, prefix=prefix, lake=lake, extra_source="    snapshot_chunk_rows: 50\n")
+    source, mirror = workers(cfg, "--source", "legacy").start(), workers(cfg, "--sink", "lake").start()
+    wait_until(lambda: lake_equals_mysql(db, lake, "ledger", "note"), timeout=90, what="initial snapshot in the mirror", interval=1)
+    request(prefix, [f"{db}.ledger"], "amount > 2")
+    wait_until(lambda: jobs_done(prefix, requests=1), timeout=90, what="the job to end", interval=0.5)
+    got = sorted(v["after"]["note"] for _, v in incremental_reads(f"{prefix}.legacy.{db}.ledger"))
+    assert got == sorted(note for (note,) in mquery("SELECT note FROM ledger WHERE amount > 2", db=db))
+    assert len(got) == 5 * 85, "per region the 85 of 120 hours whose amount ((hour mod 7) * 1.25) is above 2"
+    for w in (source, mirror):
+        assert w.terminate() == 0, w.output()[-3000:]
+
+
 def test_where_and_refused_tables_leave_the_capture_running(items, workers):
     db, prefix, cfg, mirror_lake, changelog_lake, source, sinks = items
     topic = f"{prefix}.legacy.{db}.items"

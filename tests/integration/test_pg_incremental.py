@@ -265,12 +265,16 @@ def test_snapshot_repairs_a_diverged_lake_with_composite_and_text_keys_and_where
         "CREATE TABLE regions (region text, n int, x text, PRIMARY KEY (region, n))",
         "INSERT INTO regions SELECT r, g, md5(r || g) FROM unnest(ARRAY['eu', 'us', 'Ünïcode', 'a b', 'it''s']) r, generate_series(1, 120) g",
         "CREATE TABLE words (w text PRIMARY KEY, c int)",
-        "INSERT INTO words SELECT 'w' || g || repeat('ä', g % 4) || CASE WHEN g % 7 = 0 THEN ' \"q\"' ELSE '' END, g FROM generate_series(1, 450) g")
+        "INSERT INTO words SELECT 'w' || g || repeat('ä', g % 4) || CASE WHEN g % 7 = 0 THEN ' \"q\"' ELSE '' END, g FROM generate_series(1, 450) g",
+        # keys whose Python values are not JSON (Decimal) or whose text is not ISO (timestamptz): kept as PostgreSQL writes them
+        "CREATE TABLE ledger (at timestamptz, amount numeric(12, 2), note text, PRIMARY KEY (at, amount))",
+        "INSERT INTO ledger SELECT timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour', (g % 7) * 1.25, 'n' || g "
+        "FROM generate_series(1, 300) g")
     lake = tmp_path / "mirror"
     cfg = write_config(tmp_path / "m.yaml", dsn=database, prefix=prefix, lake=lake, extra_source=SMALL_CHUNKS)
     source = workers(cfg, "--source", "shop").start()
     mirror = workers(cfg, "--sink", "lake").start()
-    tables = {"items": "id", "regions": "region", "words": "w"}
+    tables = {"items": "id", "regions": "region", "words": "w", "ledger": "at"}
 
     def all_equal():
         for t, key in tables.items():
@@ -287,17 +291,19 @@ def test_snapshot_repairs_a_diverged_lake_with_composite_and_text_keys_and_where
     _delete_in_lake(lake, "items", "id % 10 = 0")
     _delete_in_lake(lake, "regions", "n % 3 = 0")
     _delete_in_lake(lake, "words", "c > 0")
+    _delete_in_lake(lake, "ledger", "note <> 'n1'")
     assert all_equal() is not True
     mirror = workers(cfg, "--sink", "lake").start()
 
     topic = f"{prefix}.shop.public.items"
     before = topic_end(topic)
     request(prefix, ["public.items"], "id % 10 = 0")
-    request(prefix, ["public.regions", "words"])  # an unqualified name that only one captured table has
+    request(prefix, ["public.regions", "words", "ledger"])  # an unqualified name that only one captured table has
     wait_until(lambda: requests_done(prefix, 2), timeout=90, what="the snapshots to finish", interval=0.5)
     got = reads(topic, since=before)
     assert sorted(r["id"] for r in got) == list(range(10, 1001, 10)), "the where re-reads exactly the matching rows"
     assert len(reads(f"{prefix}.shop.public.regions")) == 2 * 600 and len(reads(f"{prefix}.shop.public.words")) == 2 * 450
+    assert len(reads(f"{prefix}.shop.public.ledger")) == 2 * 300
     wait_until(all_equal, timeout=90, what="the lake repaired", interval=1)
     for w in (source, mirror):
         assert w.terminate() == 0, w.output()[-3000:]

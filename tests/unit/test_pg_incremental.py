@@ -116,7 +116,7 @@ def test_chunk_query_stops_at_the_jobs_last_key():
     assert sql == ('SELECT "region", "n" FROM "s"."t" WHERE ("region", "n") > (CAST(%s AS text), CAST(%s AS integer)) '
                    'AND ("region", "n") <= (CAST(%s AS text), CAST(%s AS integer)) AND (n > 0\n) ORDER BY "region", "n" LIMIT 10')
     assert last_key_query("s", "t", ["region", "n"], where="n % 2 = 0") == \
-        'SELECT "region", "n" FROM "s"."t" WHERE (n %% 2 = 0\n) ORDER BY "region" DESC, "n" DESC LIMIT 1'
+        'SELECT CAST("region" AS text) AS key_0, CAST("n" AS text) AS key_1 FROM "s"."t" WHERE (n %% 2 = 0\n) ORDER BY "region" DESC, "n" DESC LIMIT 1'
 
 
 def test_which_read_errors_stop_a_job():
