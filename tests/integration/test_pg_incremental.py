@@ -138,6 +138,16 @@ def items(database):
     return database
 
 
+def mirror_of_items(database: str, prefix: str, tmp_path, workers):
+    """The source (small chunks) and a mirror sink, once `items` is in the mirror: (lake, source, mirror)."""
+    lake = tmp_path / "mirror"
+    cfg = write_config(tmp_path / "m.yaml", dsn=database, prefix=prefix, lake=lake, extra_source=SMALL_CHUNKS)
+    source = workers(cfg, "--source", "shop").start()
+    mirror = workers(cfg, "--sink", "lake").start()
+    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=90, what="initial snapshot in the mirror", interval=1)
+    return lake, source, mirror
+
+
 def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, prefix, tmp_path, workers):
     database = items
     mirror_lake, changelog_lake = tmp_path / "mirror", tmp_path / "changelog"
@@ -185,11 +195,7 @@ def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, pref
     rows appended later are streamed. A job that chased them would not end while the inserts outpace
     its chunks (it read 4,000 chunks in 2 minutes of this load, and on)."""
     database = items
-    lake = tmp_path / "mirror"
-    cfg = write_config(tmp_path / "m.yaml", dsn=database, prefix=prefix, lake=lake, extra_source=SMALL_CHUNKS)
-    source = workers(cfg, "--source", "shop").start()
-    mirror = workers(cfg, "--sink", "lake").start()
-    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=90, what="initial snapshot in the mirror", interval=1)
+    lake, source, mirror = mirror_of_items(database, prefix, tmp_path, workers)
     topic = f"{prefix}.shop.public.items"
     before = topic_end(topic)
     load = AppendRows(Postgres(database), "INSERT INTO items SELECT g, mod(g, 100), md5(g::text) FROM generate_series(%s::bigint, %s::bigint) g",
@@ -312,11 +318,7 @@ def test_snapshot_repairs_a_diverged_lake_with_composite_and_text_keys_and_where
 def test_requests_for_keyless_unknown_tables_and_bad_where_are_refused_and_capture_goes_on(items, prefix, tmp_path, workers):
     database = items
     sql(database, "CREATE TABLE nokey (a int, b text)", "INSERT INTO nokey VALUES (1, 'x')")
-    lake = tmp_path / "mirror"
-    cfg = write_config(tmp_path / "m.yaml", dsn=database, prefix=prefix, lake=lake, extra_source=SMALL_CHUNKS)
-    source = workers(cfg, "--source", "shop").start()
-    mirror = workers(cfg, "--sink", "lake").start()
-    wait_until(lambda: lake_equals_source(database, lake, "items"), timeout=90, what="initial snapshot in the mirror", interval=1)
+    lake, source, mirror = mirror_of_items(database, prefix, tmp_path, workers)
     topic = f"{prefix}.shop.public.items"
     before = topic_end(topic)
     request(prefix, ["public.nokey", "public.nope", "public.items"])
