@@ -49,6 +49,17 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+TOPIC_PREFIXES: list[str] = []
+"""The topic prefixes this process's tests used: conftest deletes their topics when the session ends."""
+
+
+def topic_prefix() -> str:
+    """A topic prefix no other test uses; its topics are deleted at the end of the session."""
+    name = unique_name("t")
+    TOPIC_PREFIXES.append(name)
+    return name
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------
 
 
@@ -315,6 +326,17 @@ async def read_topic(topic: str, *, min_count: int = 1, timeout: float = 30.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"topic {topic} has {len(records)} records, expected at least {min_count} within {timeout}s")
         await asyncio.sleep(0.2)
+
+
+def delete_topics(prefixes: list[str]) -> None:
+    """Delete every topic under the given prefixes."""
+
+    async def delete() -> None:
+        async with broker.Admin(BrokerConfig(bootstrap_servers=BROKER)) as admin:
+            starts = tuple(p + "." for p in prefixes)
+            await admin.delete_topics(sorted(t for t in await admin.topics() if t.startswith(starts)))
+
+    asyncio.run(delete())
 
 
 def topic_end(topic: str) -> int:

@@ -28,7 +28,7 @@ from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
 
-from .harness import BROKER, MYSQL, mquery, msql, server_id, server_lock, unique_name
+from .harness import BROKER, MYSQL, mquery, msql, server_id, server_lock, topic_prefix, unique_name
 from .type_matrix import Case, check_case, check_delta_stores_every_column, f32, insert_statements, records
 
 pytestmark = pytest.mark.integration
@@ -196,7 +196,7 @@ async def _capture(db: str, prefix: str) -> Captured:
 
 @pytest.fixture(scope="module")
 def captured() -> Captured:
-    db, prefix = unique_name("lw_"), unique_name("t")
+    db, prefix = unique_name("lw_"), topic_prefix()
     msql(f"CREATE DATABASE `{db}`")
     try:
         columns = ", ".join(f"{quote(c.name)} {c.ddl}" for c in CASES)

@@ -30,7 +30,7 @@ from lakeward.core.broker import SchemaReader
 from lakeward.core.config import BrokerConfig
 from lakeward.core.events import TableSchema
 
-from .harness import BROKER, create_database, drop_database, dsn_for, sql, unique_name
+from .harness import BROKER, create_database, drop_database, dsn_for, sql, topic_prefix
 from .type_matrix import Case, check_case, check_delta_stores_every_column, f32, insert_statements, records
 
 pytestmark = pytest.mark.integration
@@ -325,7 +325,7 @@ async def _converter_errors(dsn: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def captured() -> Captured:
     """Runs the source once over the wide table; every case reads its column from here."""
-    name, prefix = create_database(), unique_name("t")
+    name, prefix = create_database(), topic_prefix()
     dsn = dsn_for(name)
     try:
         columns = ", ".join(f"{quote(c.name)} {c.ddl}" for c in CASES)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from .harness import BROKER, free_port, http_get, many_files, sql, unique_name, wait_until, write_config
+from .harness import BROKER, free_port, http_get, many_files, sql, topic_prefix, wait_until, write_config
 from .lakecheck import lake_equals_source
 
 pytestmark = pytest.mark.integration
@@ -273,7 +273,7 @@ def healthy(port: int) -> bool:
 def test_log_options_after_the_subcommand_take_effect(tmp_path, where):
     """`lakeward run ... --log-format json` logs JSON lines; `--log-level warning` silences INFO."""
     cfg = tmp_path / "lakeward.yaml"
-    prefix = unique_name("t")
+    prefix = topic_prefix()
     cfg.write_text(f"broker:\n  bootstrap_servers: {BROKER}\n  topic_prefix: {prefix}\nlake:\n  uri: {tmp_path / 'lake'}\n"
                    "sources:\n  - name: shop\n    type: postgres\n    dsn: postgresql://postgres@127.0.0.1:5432/postgres\n    tables: [public.nothing]\n"
                    f"sinks:\n  - name: lake\n    type: delta\n    sources: [shop]\n    group_id: lakeward.{prefix}\n")
