@@ -359,6 +359,12 @@ def topic_end(topic: str) -> int:
 # --- waiting ---------------------------------------------------------------------------------------
 
 
+def job_until(state: Any) -> Any:
+    """The `until` of a source state's running incremental job once its first chunk found it (or a
+    string saying why not yet): for wait_until, with either source's state document."""
+    return (state is not None and state.jobs and state.jobs[0].until) or f"jobs {state and [j.to_dict() for j in state.jobs]}"
+
+
 def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.3):
     """Polls `predicate` until it returns True (or a truthy non-string); a string it returns says what
     is missing, and ends up in the timeout's message."""

@@ -21,7 +21,18 @@ from lakeward.core.config import BrokerConfig
 from lakeward.core.events import Position
 from lakeward.core.snapshot import new_request, send_request
 
-from .harness import BROKER, MYSQL, AppendRows, MariaDB, RandomChanges, mquery, msql, wait_until, write_mysql_config
+from .harness import (
+    BROKER,
+    MYSQL,
+    AppendRows,
+    MariaDB,
+    RandomChanges,
+    job_until,
+    mquery,
+    msql,
+    wait_until,
+    write_mysql_config,
+)
 from .lakecheck import lake_equals_mysql, mysql_lake_rows, mysql_lake_table, no_repeated_positions
 
 pytestmark = pytest.mark.integration
@@ -151,12 +162,6 @@ def test_incremental_snapshot_under_concurrent_writes_of_the_same_keys(items, wo
     assert f"incremental snapshot of {db}.items done" in source.output()
 
 
-def job_until(prefix: str):
-    """The running job's `until` once its first chunk found it (or a string saying why not yet)."""
-    s = state(prefix)
-    return (s is not None and s.jobs and s.jobs[0].until) or f"jobs {s and [j.to_dict() for j in s.jobs]}"
-
-
 def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, workers):
     """A job reads up to the key of the table's last row as of its first chunk, kept in its state:
     rows appended later are streamed. A job that chased them would not end while the inserts outpace
@@ -169,7 +174,7 @@ def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, work
     try:
         wait_until(lambda: load.next_id > 25_001, timeout=60, what="the appends to be under way")
         request(prefix, [f"{db}.items"])
-        (until,) = wait_until(lambda: job_until(prefix), timeout=60, what="the job's first chunk", interval=0.05)
+        (until,) = wait_until(lambda: job_until(state(prefix)), timeout=60, what="the job's first chunk", interval=0.05)
         wait_until(lambda: jobs_done(prefix, 20_000 // 200), timeout=180, what="the job to end", interval=0.5)
         appended_by_then = load.next_id
     finally:

@@ -29,6 +29,7 @@ from .harness import (
     Postgres,
     RandomChanges,
     WriteLoad,
+    job_until,
     read_topic,
     sql,
     topic_end,
@@ -184,12 +185,6 @@ def test_incremental_snapshot_under_concurrent_changes_of_the_same_keys(items, p
     assert check_reads_against_changelog(changelog_lake) == len(got)
 
 
-def job_until(prefix: str):
-    """The running job's `until` once its first chunk found it (or a string saying why not yet)."""
-    s = state(prefix)
-    return (s is not None and s.jobs and s.jobs[0].until) or f"jobs {s and [j.to_dict() for j in s.jobs]}"
-
-
 def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, prefix, tmp_path, workers):
     """A job reads up to the key of the table's last row as of its first chunk, kept in its state:
     rows appended later are streamed. A job that chased them would not end while the inserts outpace
@@ -204,7 +199,7 @@ def test_a_job_ends_at_the_last_key_it_found_while_rows_are_appended(items, pref
     try:
         wait_until(lambda: load.next_id > 8001, timeout=60, what="the appends to be under way")
         request(prefix, ["public.items"])
-        (until,) = wait_until(lambda: job_until(prefix), timeout=60, what="the job's first chunk", interval=0.05)
+        (until,) = wait_until(lambda: job_until(state(prefix)), timeout=60, what="the job's first chunk", interval=0.05)
         wait_until(lambda: requests_done(prefix, 1), timeout=180, what="the job to end", interval=0.5)
         appended_by_then = load.next_id
     finally:
