@@ -6,7 +6,7 @@ record (aiokafka's Cython DefaultRecord) has as well, and at the sink's rate tha
 what fetching costs: 3.0 -> 2.26 µs a record without it (1M events, docs/performance.md). And
 `FetchResult.getall` takes the records one at a time through two Python frames (`PartitionRecords.
 __next__` and its generator); taking each record batch's records in one `list.extend` is another
-0.3 µs a record less (1.05 -> 0.75 µs, docs/performance.md).
+0.3 – 0.45 µs a record less (1.13 – 1.34 -> 0.82 – 0.88 µs, docs/performance.md).
 
 aiokafka has no option for either, so the two hooks below are written by hand. A consumer whose
 `value_deserializer` is `as_fetched` gets the fetched records themselves, batch by batch; every other

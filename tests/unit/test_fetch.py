@@ -10,6 +10,7 @@ import struct
 import pytest
 from aiokafka.consumer.fetcher import READ_COMMITTED, READ_UNCOMMITTED, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
@@ -123,7 +124,7 @@ def test_the_skipped_records_are_the_expected_ones():
 def test_a_corrupt_batch_is_refused():
     data = bytearray(_batch(0, 3) + _batch(3, 3))
     data[-1] ^= 0xFF  # the second batch's last byte: its CRC no longer matches
-    with pytest.raises(Exception, match="Invalid CRC"):
+    with pytest.raises(CorruptRecordException, match="Invalid CRC"):
         _getall(bytes(data), 0, fetch.as_fetched)
 
 
