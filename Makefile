@@ -60,7 +60,7 @@ services-status:
 venv: $(VENV_STAMP)
 
 # Re-installs only when pyproject.toml is newer than the stamp.
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml sinks/delta/_records.c
 	@test -x $(PIP) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@

@@ -10,10 +10,11 @@ times each step of the sink's hot path over all of them, in microseconds per eve
 `--repeat`, the collector paused as the sink pauses it:
 
 - taking the fetched records: aiokafka's path to ConsumerRecords, the same path handing over the
-  fetched records (the `_consumer_record` hook), and the sink's path now, a record batch at a time
-  (sinks/delta/fetch.py);
-- `Buffer.accept` over those records;
-- `envelopes.read` (pyarrow's JSON reader) over the buffered values;
+  fetched records (the `_consumer_record` hook), and a record batch at a time (sinks/delta/fetch.py);
+- `Buffer.accept` over those records; and the sink's path when the C loop is built: the record
+  batches decompressed and indexed (`fetch.FetchedRecords`), then `Buffer.accept` over them in C;
+- `envelopes.read_whole` (pyarrow's JSON reader) over the buffered values, and `envelopes.read`,
+  which has `_records.split` cut out the parts the planner reads first;
 - `plan_mirror_arrow` (the read above, then keys, dedupe, columns in the lake types).
 
 The MERGE and the Delta commit come on top (and asyncio, the consumer's network I/O): compare the sum
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from aiokafka.consumer import fetcher
 from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -95,14 +97,15 @@ def record_batches(vals: list[bytes], schema_id: bytes) -> bytes:
     return bytes(raw)
 
 
-def fetched(raw: bytes, value_deserializer: Any, max_records: int | None) -> list[Any]:
-    """FetchResult.getall over `raw`, as the consumer calls it after a fetch."""
+def fetched(raw: bytes, value_deserializer: Any, max_records: int | None, *, batches: bool = False) -> Any:
+    """FetchResult.getall over `raw`, as the consumer calls it after a fetch; with `batches` over the
+    fetcher's records class (fetch.RawRecords), which gives the sink a FetchedRecords."""
 
     async def run() -> list[Any]:  # aiokafka's subscription state wants a running loop
         subs = SubscriptionState()
         subs.assign_from_user({TP})
         subs.seek(TP, 0)
-        part = PartitionRecords(TP, MemoryRecords(raw), [], 0, None, value_deserializer, True, READ_COMMITTED)
+        part = PartitionRecords(TP, (fetcher.MemoryRecords if batches else MemoryRecords)(raw), [], 0, None, value_deserializer, True, READ_COMMITTED)
         return FetchResult(TP, assignment=subs.subscription.assignment, partition_records=part, backoff=0).getall(max_records)
 
     return asyncio.run(run())
@@ -145,19 +148,29 @@ def main() -> None:
 
     step("fetched records -> ConsumerRecords, one at a time (aiokafka)", lambda: fetched(raw, None, None))
     step("fetched records as they are, one at a time", lambda: fetched(raw, fetch.as_fetched, n))
-    records = step("fetched records as they are, a record batch at a time (the sink)", lambda: fetched(raw, fetch.as_fetched, None))
+    records = step("fetched records as they are, a record batch at a time", lambda: fetched(raw, fetch.as_fetched, None))
     assert len(records) == n
 
-    def accept() -> Buffer:
+    def accept(records: Any) -> Buffer:
         buffer = Buffer()
         buffer.accept(records, 0, {SCHEMA.id.encode(): info}, n + 1, 1 << 40, 0.0)
         return buffer
 
-    buffered = step("Buffer.accept", accept)
+    buffered = step("Buffer.accept over them (Python)", lambda: accept(records))
     assert len(buffered) == n
+    if fetch.native is not None:
+        records = None
+        batches = step("fetched record batches, decompressed and indexed (the sink)", lambda: fetched(raw, fetch.as_fetched, None, batches=True))
+        assert isinstance(batches, fetch.FetchedRecords) and len(batches) == n
+        in_c = step("Buffer.accept over them (C, the sink)", lambda: accept(batches))
+        assert in_c.events.values == buffered.events.values and in_c.events.offsets == buffered.events.offsets
     events = buffered.events
     lake_types = dict(COLUMNS)
-    table = step("envelopes.read (pyarrow's JSON reader)", lambda: envelopes.read(events.values, lake_types, {"id": "long"}))
+    whole = step("envelopes.read_whole (pyarrow's JSON reader over the envelopes)",
+                 lambda: envelopes.read_whole(events.values, lake_types, {"id": "long"}))
+    table = step("envelopes.read (the sink: before and after cut out in C, then the reader)",
+                 lambda: envelopes.read(events.values, lake_types, {"id": "long"}))
+    assert whole is not None and table is not None and table.equals(whole)
     assert table is not None and table.num_rows == n
     planned = step("plan_mirror_arrow (the read, then keys and lake columns)", lambda: plan_mirror_arrow(events, catalog))
     assert planned is not None and planned[0].data is not None and planned[0].data.num_rows == n

@@ -21,6 +21,7 @@ import pyarrow.json as pj
 from lakeward.core.types import ARRAY
 from lakeward.sinks.delta.arrow import _INFINITY as INFINITY  # the same ±infinity rule as to_arrow
 from lakeward.sinks.delta.arrow import arrow_type
+from lakeward.sinks.delta.fetch import native
 
 _INTEGERS = frozenset(("byte", "short", "integer", "long"))
 _SOURCE = pa.struct([("ts_ms", pa.int64()), ("txId", pa.int64())])
@@ -65,6 +66,51 @@ def from_json(values: pa.Array, lake_type: str) -> pa.Array:
 def read(values: list[bytes], after: dict[str, str], before: dict[str, str]) -> pa.Table | None:
     """Parse envelopes into a table with columns `op`, `before`, `after` (structs of the named
     columns, in JSON types), `ts_ms` and `txid`; None when the reader rejects any of them."""
+    if native is not None and (parts := native.split(values, bool(before), bool(after))) is not None:
+        return _read_parts(len(values), parts, after, before)
+    return read_whole(values, after, before)
+
+
+def _lines(data: bytes, columns: dict[str, str], valid: pa.Array) -> pa.Array | None:
+    """One `before` or `after` object per line ({} where it is null) -> a struct array of `columns`."""
+    schema = pa.schema([(c, json_type(t)) for c, t in columns.items()])
+    try:
+        table = pj.read_json(pa.py_buffer(data), read_options=pj.ReadOptions(use_threads=False, block_size=max(_MIN_BLOCK, len(data) + 1)),
+                             parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except pa.ArrowException:
+        return None
+    if table.num_rows != len(valid):
+        return None
+    arrays = [col.combine_chunks() for col in table.columns]
+    return pa.StructArray.from_arrays(arrays, fields=list(schema), mask=pc.invert(valid))
+
+
+def _read_parts(n: int, parts: tuple[bytes, ...], after: dict[str, str], before: dict[str, str]) -> pa.Table | None:
+    """`read` from the parts `_records.split` cut out of the envelopes: only `before` and `after`
+    go through the JSON reader."""
+    b_lines, b_valid, a_lines, a_valid, op_data, op_valid, op_offsets, ts, ts_valid, tx, tx_valid = parts
+
+    def valid(flags: bytes) -> pa.Array:
+        return pc.not_equal(pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(flags)]), 0)
+
+    def nullable(array: pa.Array, flags: bytes) -> pa.Array:
+        return pc.if_else(valid(flags), array, pa.scalar(None, array.type))
+
+    columns: dict[str, pa.Array] = {
+        "op": nullable(pa.StringArray.from_buffers(n, pa.py_buffer(op_offsets), pa.py_buffer(op_data)), op_valid)}
+    for name, lines, flags, fields in (("before", b_lines, b_valid, before), ("after", a_lines, a_valid, after)):
+        if fields:
+            struct = _lines(lines, fields, valid(flags))
+            if struct is None:
+                return None
+            columns[name] = struct
+    columns["ts_ms"] = nullable(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(ts)]), ts_valid)
+    columns["txid"] = nullable(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(tx)]), tx_valid)
+    return pa.table(columns)
+
+
+def read_whole(values: list[bytes], after: dict[str, str], before: dict[str, str]) -> pa.Table | None:
+    """`read`, every envelope through the JSON reader (where `_records.split` gives up, or is not built)."""
     fields = [pa.field("op", pa.string())]
     if before:
         fields.append(pa.field("before", pa.struct([(c, json_type(t)) for c, t in before.items()])))

@@ -5,9 +5,11 @@ batches, as the broker would send them, and compared with what aiokafka itself r
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
 
 import pytest
+from aiokafka.consumer import fetcher
 from aiokafka.consumer.fetcher import READ_COMMITTED, READ_UNCOMMITTED, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.errors import CorruptRecordException
@@ -53,7 +55,9 @@ def _getall(data: bytes, fetch_offset: int, value_deserializer, *, isolation: in
             aborted: list[tuple[int, int]] | None = None) -> tuple[list, int]:
     """FetchResult.getall (as the consumer calls it) over `data`: (the records, the position after)."""
     async def run() -> tuple[list, int]:  # aiokafka's subscription state wants a running loop
-        part = PartitionRecords(TP, MemoryRecords(data), aborted or [], fetch_offset, None, value_deserializer, True, isolation)
+        # the fetcher's own MemoryRecords: fetch.RawRecords, which keeps the fetched bytes
+        part = PartitionRecords(TP, fetcher.MemoryRecords(data), aborted or [], fetch_offset, None, value_deserializer, True,
+                                isolation)
         subs = SubscriptionState()
         subs.assign_from_user({TP})
         subs.seek(TP, fetch_offset)
@@ -79,6 +83,11 @@ def _read(records: list) -> list[tuple]:
 def test_the_hooks_are_installed():
     assert fetch.INSTALLED, "aiokafka's FetchResult.getall or PartitionRecords._consumer_record is gone: the sink gets ConsumerRecords (slower)"
     assert getattr(FetchResult.getall, "lakeward_hook", False)
+
+
+def test_the_c_loop_is_built_where_a_c_compiler_is():
+    if shutil.which("cc") is not None:
+        assert fetch.native is not None, "sinks/delta/_records.c was not built: `make venv` (pip install -e .) reports why"
 
 
 def test_as_fetched_records_are_not_copied_and_read_the_same():
@@ -112,6 +121,8 @@ def test_batch_at_a_time_returns_what_aiokafka_returns(case):
     assert not any(isinstance(r, ConsumerRecord) for r in raw)
     assert _read(raw) == _read(copied)
     assert raw_position == position
+    plain = case in ("plain", "zstd", "idempotent")  # no transactional or control batch
+    assert isinstance(raw, fetch.FetchedRecords) == (plain and fetch.native is not None)
 
 
 def test_the_skipped_records_are_the_expected_ones():
@@ -121,11 +132,19 @@ def test_the_skipped_records_are_the_expected_ones():
     assert position == 13
 
 
-def test_a_corrupt_batch_is_refused():
+@pytest.mark.parametrize("deserializer", [fetch.as_fetched, None])
+def test_a_corrupt_batch_is_refused(deserializer):
     data = bytearray(_batch(0, 3) + _batch(3, 3))
     data[-1] ^= 0xFF  # the second batch's last byte: its CRC no longer matches
     with pytest.raises(CorruptRecordException, match="Invalid CRC"):
-        _getall(bytes(data), 0, fetch.as_fetched)
+        _getall(bytes(data), 0, deserializer)
+
+
+def test_a_batch_cut_short_at_the_end_of_the_fetch_is_left_for_the_next_one():
+    data = _batch(0, 3) + _batch(3, 3)
+    raw, position = _getall(data[:-5], 0, fetch.as_fetched)
+    copied, _ = _getall(data[:-5], 0, None)
+    assert [r.offset for r in raw] == [r.offset for r in copied] == [0, 1, 2] and position == 3
 
 
 def test_the_buffer_takes_fetched_records():
@@ -136,3 +155,103 @@ def test_the_buffer_takes_fetched_records():
     assert (i, stop) == (3, Stop.DONE)
     assert list(buf.events.offsets) == [0] and buf.duplicates == 1 and buf.tombstones == 1  # same position twice; a tombstone
     assert buf.next_offset == 3 and buf.events.keys == [b"k0"]
+
+
+# --- the C loop (_records.accept) against the Python one, on the same fetched bytes ------------------
+
+P = [struct.pack(">q", n) for n in range(40)]
+
+
+def _mixed_batch(base: int, compression: int = 0) -> bytes:
+    """Records of every kind `Buffer.accept` tells apart: events, repeats by position, tombstones,
+    key changes (the `d` with the new key, then the `c` with the old), headers in another order or
+    with other headers among them, poison records (a header missing, or null), unknown schemas."""
+    rows: list[tuple[bytes | None, bytes | None, list]] = [
+        (b"k1", b'{"op":"c","n":1}', [("lakeward.pos", P[1]), ("lakeward.schema", b"s1")]),
+        (b"k2", b'{"op":"c","n":2}', [("lakeward.pos", P[2]), ("lakeward.schema", b"s1")]),
+        (b"k2", b'{"op":"u","n":2}', [("lakeward.pos", P[2]), ("lakeward.schema", b"s1")]),  # a repeat
+        (b"k1", None, []),  # a tombstone
+        (None, b'{"op":"c","n":3}', [("lakeward.schema", b"s2"), ("x", b"y"), ("lakeward.pos", P[3])]),  # no key
+        (b"k3", b'{"op":"d","n":3}', [("lakeward.pos", P[4]), ("lakeward.schema", b"s1"), ("__debezium.newkey", b"k4")]),
+        (b"k4", b'{"op":"c","n":4}', [("lakeward.pos", P[5]), ("lakeward.schema", b"s1"), ("__debezium.oldkey", b"k3")]),
+        (b"k5", b'{"op":"c","n":5}', [("lakeward.pos", P[6])]),  # poison: no schema header
+        (b"k6", b'{"op":"c","n":6}', [("lakeward.pos", None), ("lakeward.schema", b"s1")]),  # poison: a null position
+        (b"k7", b'{"op":"c","n":7}', [("lakeward.pos", P[7]), ("lakeward.schema", b"new")]),  # an unknown schema
+        (b"k8", b"", [("lakeward.pos", P[8] + b"\x00"), ("lakeward.schema", b"s2")]),  # an empty value, a longer position
+        (b"k9", b'{"op":"c","n":9}', [("lakeward.pos", P[8]), ("lakeward.schema", b"s2")]),  # shorter: a repeat
+        (b"k3", b'{"op":"d","n":10}', [("lakeward.pos", P[9]), ("lakeward.schema", b"s1"), ("__debezium.newkey", None)]),
+    ]
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=0, producer_id=-1, producer_epoch=-1,
+                                  base_sequence=-1, batch_size=1 << 20)
+    for i, (key, value, headers) in enumerate(rows):
+        b.append(i, timestamp=None, key=key, value=value, headers=headers)
+    raw = bytearray(b.build())
+    struct.pack_into(">q", raw, 0, base)
+    return bytes(raw)
+
+
+def _drive(records, max_rows: int, max_bytes: int, infos: dict) -> list:
+    """Feed `records` to a Buffer as the partition writer does, cutting a batch whenever it is full:
+    every step and every batch, as plain values."""
+    buf, steps, i = Buffer(), [], 0
+    infos = dict(infos)
+
+    def names(infos_of_events: list) -> list[bytes]:  # each event's schema, by id
+        return [next(sid for sid, info in infos.items() if info is x) for x in infos_of_events]
+    while True:
+        i, stop, arg = buf.accept(records, i, infos, max_rows, max_bytes, 1.0)
+        steps.append((i, stop, (arg.offset, arg.key, arg.value, list(arg.headers)) if stop is Stop.POISON else arg))
+        if stop is Stop.DONE:
+            break
+        if stop is Stop.POISON:
+            buf.reject(arg, "poison")
+            i += 1
+        elif stop is Stop.SCHEMA:
+            infos[arg] = SchemaInfo.__new__(SchemaInfo)
+        elif (batch := buf.take(buf.next_offset, 1.0)) is not None:
+            e = batch.events
+            steps.append(("batch", list(e.offsets), e.positions, e.values, e.keys, names(e.infos), e.links,
+                          batch.first, batch.last, batch.position, [(d.offset, d.key, d.value, d.headers) for d in batch.dead]))
+    e = buf.events
+    steps.append(("end", list(e.offsets), e.positions, e.values, e.keys, names(e.infos), e.links, buf.next_offset,
+                  buf.last_position, buf.nbytes, buf.last, buf.open_pair, buf.duplicates, buf.tombstones))
+    return steps
+
+
+@pytest.mark.skipif(fetch.native is None, reason="the C loop is not built (no C compiler at install)")
+@pytest.mark.parametrize("max_rows,max_bytes", [(1000, 1 << 20), (1, 1 << 20), (2, 1 << 20), (3, 1 << 20), (1000, 40)])
+@pytest.mark.parametrize("start", [0, 5])
+def test_the_c_loop_buffers_what_the_python_loop_buffers(max_rows, max_bytes, start):
+    data = _mixed_batch(0) + _mixed_batch(13, compression=4) + _mixed_batch(26)
+    raw, _ = _getall(data, start, fetch.as_fetched)
+    copied, _ = _getall(data, start, None)
+    assert isinstance(raw, fetch.FetchedRecords) and len(raw) == len(copied) == 39 - start
+    infos = {b"s1": SchemaInfo.__new__(SchemaInfo), b"s2": SchemaInfo.__new__(SchemaInfo)}
+    native, python = _drive(raw, max_rows, max_bytes, infos), _drive(copied, max_rows, max_bytes, infos)
+    assert native == python
+    assert any(s[1] is Stop.POISON for s in python if s[0] not in ("batch", "end"))
+    assert any(s[1] is Stop.SCHEMA for s in python if s[0] not in ("batch", "end"))
+    assert any(s[0] == "batch" for s in python) == (max_rows < 1000 or max_bytes < 1000)
+
+
+@pytest.mark.skipif(fetch.native is None, reason="the C loop is not built (no C compiler at install)")
+def test_fetched_records_index_slice_and_add_like_a_list():
+    raw, _ = _getall(_batch(0, 5) + _batch(5, 3), 2, fetch.as_fetched)
+    as_list = _read(raw)
+    assert [r.offset for r in raw] == [2, 3, 4, 5, 6, 7]
+    assert _read([raw[0], raw[3], raw[-1]]) == [as_list[0], as_list[3], as_list[-1]]
+    assert _read(raw[4:]) == as_list[4:] and _read(raw[3:]) == as_list[3:] and not raw[6:]
+    assert _read(raw[2:] + raw[5:]) == as_list[2:] + as_list[5:]
+    copied, _ = _getall(_batch(0, 5) + _batch(5, 3), 2, None)  # a backlog of aiokafka's records, then batches
+    assert _read(copied + raw) == _read(raw + copied) == as_list + as_list
+    with pytest.raises(IndexError):
+        raw[6]
+
+
+@pytest.mark.skipif(fetch.native is None, reason="the C loop is not built (no C compiler at install)")
+def test_a_malformed_record_is_refused():
+    data = bytearray(_batch(0, 3))
+    data[61] = 0x7F  # the first record's length: now past the end of the batch
+    struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))  # a valid CRC over the bad bytes
+    with pytest.raises(CorruptRecordException, match="malformed record"):
+        _getall(bytes(data), 0, fetch.as_fetched)
