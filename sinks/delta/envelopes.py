@@ -2,7 +2,10 @@
 
 The parse reads only what a flush writes (`op`, the `before` and `after` columns the lake table
 has, `source.ts_ms`, `source.txId`) with an explicit schema derived from the lake types, never from
-the JSON values. Each column then becomes its lake type by the same conversions as
+the JSON values. Where the C extension is built, `_records.split` first cuts the `before` and `after`
+objects out of the envelopes (and reads `op`, `ts_ms` and `txId` itself), so the reader parses only
+the row images; its scan gives up on anything it is not sure of, and the envelopes are then read
+whole (`read_whole`): both ways give the same table. Each column then becomes its lake type by the same conversions as
 `arrow.to_arrow` (the same Arrow casts; base64 binaries decoded by the same function), so both
 ways give the same values. The reader is strict: a value of another JSON kind than its column's
 (a "NaN" string among numbers, a number where a string belongs, an integer that does not fit) fails

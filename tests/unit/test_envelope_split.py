@@ -85,3 +85,9 @@ def test_the_scan_cuts_these_envelopes(family):
                                    b'{"op":"c","op":"c"}', env()[:-1]])
 def test_the_scan_gives_up_on_what_it_is_not_sure_of(value):
     assert native.split([env(), value], True, True) is None
+
+
+def test_without_the_c_extension_the_envelopes_are_read_whole(monkeypatch):
+    monkeypatch.setattr(envelopes, "native", None)
+    values = FAMILY["every type"] + FAMILY["nulls and absent parts"]
+    assert envelopes.read(values, AFTER, BEFORE).equals(envelopes.read_whole(values, AFTER, BEFORE))

@@ -255,3 +255,9 @@ def test_a_malformed_record_is_refused():
     struct.pack_into(">I", data, 17, calc_crc32c(bytes(data[21:])))  # a valid CRC over the bad bytes
     with pytest.raises(CorruptRecordException, match="malformed record"):
         _getall(bytes(data), 0, fetch.as_fetched)
+
+
+def test_without_the_c_extension_the_sink_gets_aiokafka_records(monkeypatch):
+    monkeypatch.setattr(fetch, "native", None)
+    raw, position = _getall(_batch(0, 5) + _batch(5, 3), 2, fetch.as_fetched)
+    assert isinstance(raw, list) and [r.offset for r in raw] == [2, 3, 4, 5, 6, 7] and position == 8
