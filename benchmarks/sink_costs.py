@@ -40,12 +40,12 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from lakeward.connectors.postgres.source import VERSION
 from lakeward.core.events import (
     AFTER_ONLY,
     PG_POSITION,
     POSITION_HEADER,
     SCHEMA_HEADER,
+    SOURCE_VERSION,
     Column,
     Position,
     TableSchema,
@@ -65,7 +65,7 @@ ZSTD = 4  # aiokafka's codec number, as the sources' producers send
 
 def values(n: int) -> list[bytes]:
     """The envelopes of `n` inserts in transactions of 10,000 rows, as the PostgreSQL source builds them."""
-    base = {"version": VERSION, "connector": "postgresql", "name": "shop", "db": "bench", "schema": "public", "table": "bench"}
+    base = {"version": SOURCE_VERSION, "connector": "postgresql", "name": "shop", "db": "bench", "schema": "public", "table": "bench"}
     out = []
     for g in range(1, n + 1):
         txn = g // 10_000

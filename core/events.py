@@ -26,6 +26,9 @@ from typing import Any
 
 import orjson
 
+SOURCE_VERSION = "0.1.0"
+"""`source.version` of every envelope: the Lakeward release that wrote it (as Debezium writes its own)."""
+
 POSITION_HEADER = "lakeward.pos"
 SCHEMA_HEADER = "lakeward.schema"
 OLD_KEY_HEADER = "__debezium.oldkey"

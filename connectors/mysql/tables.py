@@ -33,9 +33,7 @@ from lakeward.connectors.mysql.types import (
     source_type,
 )
 from lakeward.core.errors import SourceSetupError
-from lakeward.core.events import Column, TableSchema, table_topic
-
-VERSION = "0.1.0"
+from lakeward.core.events import SOURCE_VERSION, Column, TableSchema, table_topic
 
 _CHARACTER_CODES = (F.VARCHAR, F.VAR_STRING, F.STRING, F.BLOB)
 
@@ -94,7 +92,7 @@ def _schema(source: str, db: str, table: str, defs: list[ColumnDef], pk: tuple[s
 
 
 def _source_fixed(source: str, db: str, table: str) -> bytes:
-    head = orjson.dumps({"version": VERSION, "connector": "mysql", "name": source, "db": db, "table": table})
+    head = orjson.dumps({"version": SOURCE_VERSION, "connector": "mysql", "name": source, "db": db, "table": table})
     return head[:-1]
 
 

@@ -55,6 +55,7 @@ from lakeward.core.events import (
     PG_POSITION,
     POSITION_HEADER,
     SCHEMA_HEADER,
+    SOURCE_VERSION,
     Position,
     TableSchema,
     envelope_tail,
@@ -70,7 +71,6 @@ log = logging.getLogger(__name__)
 
 TRUNCATE_KEY = b"{}"
 STATE_KEY = b"snapshot"
-VERSION = "0.1.0"
 LINGER_S = 0.02
 """Streamed events wait at most about this long in a partly filled batch before it goes to the broker
 (full batches go at once); without it they waited for a full batch or the next confirm."""
@@ -495,7 +495,7 @@ class PostgresSource(Source):
         await self._admin.ensure_topic(topic)
         self._metrics.schema(f"{schema}.{table}", sid)
         counts = self._counts.setdefault(f"{schema}.{table}", dict.fromkeys((_C, _U, _D, _R, _T), 0))
-        base = {"version": VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
+        base = {"version": SOURCE_VERSION, "connector": "postgresql", "name": self.config.name, "db": self._db, "schema": schema, "table": table}
         return _Table(ts, topic, sid.encode(), [c[0] for c in columns], converters, list(pk), base, counts=counts)
 
     def _emit(self, t: _Table, op: bytes, key: bytes, before: dict | None, after: dict | None, head: bytes, lsn: int, pos: bytes,
