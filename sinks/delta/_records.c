@@ -5,7 +5,9 @@
  * and the sink's per-record loop over them, plus creating and freeing them, was about two fifths of
  * its CPU (docs/performance.md). No library turns a record batch into the columns the sink keeps.
  * Optional: without a C compiler the package installs without it and `Buffer.accept` takes the
- * records one by one in Python (tests/unit/test_records.py checks both ways give the same buffer).
+ * records one by one in Python (tests/unit/test_fetch.py checks both ways give the same buffer).
+ * Below the record loop is `split`, which cuts the row images out of the envelopes for the JSON
+ * reader (sinks/delta/envelopes.py; tests/unit/test_envelope_split.py).
  *
  * Record layout (Kafka protocol, record batch v2, after decompression):
  *   length varint, attributes int8, timestampDelta varlong, offsetDelta varint,
@@ -392,7 +394,6 @@ static int digits(scan_t *s) {
 
 /* A JSON number; *integer: an integer of at most 18 digits, its value in *value. */
 static int skip_number(scan_t *s, int *integer, int64_t *value) {
-    ptr start = s->p;
     int neg = s->p < s->end && *s->p == '-';
     if (neg)
         s->p++;
@@ -427,7 +428,6 @@ static int skip_number(scan_t *s, int *integer, int64_t *value) {
             *value = neg ? -v : v;
         }
     }
-    (void)start;
     return 0;
 }
 
