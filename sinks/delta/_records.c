@@ -22,7 +22,8 @@
 typedef const unsigned char *ptr;
 
 /* The four header names the sink reads, set once by `headers()` (from lakeward.core.events). */
-static PyObject *h_pos, *h_schema, *h_old, *h_new; /* str */
+typedef struct { PyObject *str; const char *utf8; Py_ssize_t len; } name_t;
+static name_t h_pos, h_schema, h_old, h_new; /* the str, and its UTF-8 (kept by the str) */
 
 static int varint(ptr *pp, ptr end, int64_t *out) {
     uint64_t raw = 0;
@@ -81,10 +82,8 @@ static int parse(ptr p, ptr bufend, record_t *r) {
     return 0;
 }
 
-static int is_name(ptr k, int64_t kl, PyObject *name) {
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
-    return s != NULL && n == kl && memcmp(k, s, (size_t)n) == 0;
+static int is_name(ptr k, int64_t kl, const name_t *name) {
+    return name->len == kl && memcmp(k, name->utf8, (size_t)kl) == 0;
 }
 
 static PyObject *bytes_or_none(ptr p, int64_t len) {
@@ -99,12 +98,24 @@ static PyObject *corrupt(const char *what) {
 }
 
 /* headers(position, schema, old_key, new_key): the header names, as core/events.py spells them. */
+static int set_name(name_t *name, PyObject *str) {
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(str, &len);
+    if (utf8 == NULL)
+        return -1;
+    Py_INCREF(str);
+    Py_XSETREF(name->str, str);
+    name->utf8 = utf8;
+    name->len = len;
+    return 0;
+}
+
 static PyObject *set_headers(PyObject *self, PyObject *args) {
     PyObject *a, *b, *c, *d;
     if (!PyArg_ParseTuple(args, "UUUU", &a, &b, &c, &d))
         return NULL;
-    Py_INCREF(a); Py_INCREF(b); Py_INCREF(c); Py_INCREF(d);
-    Py_XSETREF(h_pos, a); Py_XSETREF(h_schema, b); Py_XSETREF(h_old, c); Py_XSETREF(h_new, d);
+    if (set_name(&h_pos, a) < 0 || set_name(&h_schema, b) < 0 || set_name(&h_old, c) < 0 || set_name(&h_new, d) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -220,7 +231,7 @@ static PyObject *accept(PyObject *self, PyObject *args) {
     int stop = DONE;
     const uint32_t *st = stb.buf;
     ptr begin = buf.buf, end = begin + buf.len;
-    if (h_pos == NULL) {
+    if (h_new.str == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_records.headers() was not called");
         goto done;
     }
@@ -256,14 +267,14 @@ static PyObject *accept(PyObject *self, PyObject *args) {
             int64_t kl, vl;
             field(&p, r.end, &k, &kl);
             field(&p, r.end, &v, &vl);
-            if (is_name(k, kl, h_pos)) {
+            if (is_name(k, kl, &h_pos)) {
                 pos = v; pos_l = vl;
-            } else if (is_name(k, kl, h_schema)) {
+            } else if (is_name(k, kl, &h_schema)) {
                 sid = v; sid_l = vl;
-            } else if (is_name(k, kl, h_old)) {
-                link_k = h_old; link_v = v; link_l = vl;
-            } else if (is_name(k, kl, h_new)) {
-                link_k = h_new; link_v = v; link_l = vl;
+            } else if (is_name(k, kl, &h_old)) {
+                link_k = h_old.str; link_v = v; link_l = vl;
+            } else if (is_name(k, kl, &h_new)) {
+                link_k = h_new.str; link_v = v; link_l = vl;
             }
         }
         if (pos_l < 0 || sid_l < 0) {
@@ -319,7 +330,7 @@ static PyObject *accept(PyObject *self, PyObject *args) {
         nxt = off + 1;
         last = off;
         /* The `d` of a key change carries the new key; its `c` (the old key) follows it. */
-        open_pair = link_k == h_new;
+        open_pair = link_k == h_new.str;
         if ((count >= max_rows || nbytes >= max_bytes) && !open_pair) {
             stop = FULL;
             i++;
@@ -560,111 +571,109 @@ static int number_or_null(scan_t *s, out_t *values, out_t *valid, int *seen) {
     return put(values, &v, 8) < 0 || put(valid, &ok, 1) < 0 ? -1 : 0;
 }
 
+/* An object's members, for the scan's own keys (no escapes): `members` at its '{' (0: a member
+ * follows, 1: the object was empty), `member` for each key and its ':', `next_member` after each
+ * value (0: another member follows, 1: the object ended). -1: give up. */
+static int members(scan_t *s) {
+    if (s->p >= s->end || *s->p != '{')
+        return -1;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static int member(scan_t *s, ptr *k, Py_ssize_t *kl) {
+    if (key(s, k, kl) < 0)
+        return -1;
+    ws(s);
+    if (s->p >= s->end || *s->p++ != ':')
+        return -1;
+    ws(s);
+    return 0;
+}
+
+static int next_member(scan_t *s) {
+    ws(s);
+    if (s->p >= s->end)
+        return -1;
+    unsigned char c = *s->p++;
+    if (c == '}')
+        return 1;
+    if (c != ',')
+        return -1;
+    ws(s);
+    return 0;
+}
+
+/* The `source` object (or null): its ts_ms and txId. */
+static int source(scan_t *s, out_t *o, int *seen_ts, int *seen_tx) {
+    if (literal(s, "null") == 0)
+        return 0;
+    int rc = members(s);
+    s->depth = 2;
+    while (rc == 0) {
+        ptr k;
+        Py_ssize_t kl;
+        if (member(s, &k, &kl) < 0)
+            return -1;
+        if (IS(k, kl, "ts_ms"))
+            rc = number_or_null(s, &o[7], &o[8], seen_ts);
+        else if (IS(k, kl, "txId"))
+            rc = number_or_null(s, &o[9], &o[10], seen_tx);
+        else
+            rc = skip_value(s);
+        if (rc == 0)
+            rc = next_member(s);
+    }
+    s->depth = 1;
+    return rc < 0 ? -1 : 0;
+}
+
+/* `op`: a string without escapes, or null. */
+static int op(scan_t *s, out_t *o) {
+    ptr start = s->p;
+    char ok = literal(s, "null") != 0;
+    int plain;
+    if (ok && (skip_string(s, &plain) < 0 || !plain))
+        return -1;
+    int32_t at;
+    if (ok && put(&o[4], start + 1, s->p - start - 2) < 0)
+        return -2;
+    at = (int32_t)o[4].len;
+    return put(&o[5], &ok, 1) < 0 || put(&o[6], &at, 4) < 0 ? -2 : 0;
+}
+
 /* One envelope: 0, -1 (give up), -2 (out of memory). */
 static int envelope(ptr p, Py_ssize_t len, int want_before, int want_after, out_t *o) {
     scan_t s = {p, p + len, 0, 0};
     int seen_op = 0, seen_before = 0, seen_after = 0, seen_source = 0, seen_ts = 0, seen_tx = 0;
     ws(&s);
-    if (s.p >= s.end || *s.p != '{')
-        return -1;
-    s.p++;
+    int rc = members(&s);
     s.depth = 1;
-    ws(&s);
-    if (s.p < s.end && *s.p == '}') {
-        s.p++;
-    } else {
-        for (;;) {
-            ptr k;
-            Py_ssize_t kl;
-            if (key(&s, &k, &kl) < 0)
-                return -1;
-            ws(&s);
-            if (s.p >= s.end || *s.p++ != ':')
-                return -1;
-            ws(&s);
-            if (IS(k, kl, "op")) {
-                ptr start = s.p;
-                int plain;
-                if (seen_op++)
-                    return -1;
-                if (literal(&s, "null") == 0) {
-                    char no = 0;
-                    int32_t at = (int32_t)o[4].len;
-                    if (put(&o[5], &no, 1) < 0 || put(&o[6], &at, 4) < 0)
-                        return -2;
-                } else {
-                    if (skip_string(&s, &plain) < 0 || !plain)
-                        return -1;
-                    char yes = 1;
-                    if (put(&o[4], start + 1, s.p - start - 2) < 0 || put(&o[5], &yes, 1) < 0)
-                        return -2;
-                    int32_t at = (int32_t)o[4].len;
-                    if (put(&o[6], &at, 4) < 0)
-                        return -2;
-                }
-            } else if (IS(k, kl, "before") && want_before) {
-                if (seen_before++ || part(&s, &o[0], &o[1]) < 0)
-                    return -1;
-            } else if (IS(k, kl, "after") && want_after) {
-                if (seen_after++ || part(&s, &o[2], &o[3]) < 0)
-                    return -1;
-            } else if (IS(k, kl, "source")) {
-                if (seen_source++)
-                    return -1;
-                if (literal(&s, "null") != 0) {
-                    if (s.p >= s.end || *s.p != '{')
-                        return -1;
-                    s.p++;
-                    s.depth = 2;
-                    ws(&s);
-                    if (s.p < s.end && *s.p == '}') {
-                        s.p++;
-                    } else {
-                        for (;;) {
-                            ptr sk;
-                            Py_ssize_t skl;
-                            if (key(&s, &sk, &skl) < 0)
-                                return -1;
-                            ws(&s);
-                            if (s.p >= s.end || *s.p++ != ':')
-                                return -1;
-                            ws(&s);
-                            if (IS(sk, skl, "ts_ms")) {
-                                if (number_or_null(&s, &o[7], &o[8], &seen_ts) < 0)
-                                    return -1;
-                            } else if (IS(sk, skl, "txId")) {
-                                if (number_or_null(&s, &o[9], &o[10], &seen_tx) < 0)
-                                    return -1;
-                            } else if (skip_value(&s) < 0) {
-                                return -1;
-                            }
-                            ws(&s);
-                            if (s.p >= s.end)
-                                return -1;
-                            unsigned char c = *s.p++;
-                            if (c == '}')
-                                break;
-                            if (c != ',')
-                                return -1;
-                            ws(&s);
-                        }
-                    }
-                    s.depth = 1;
-                }
-            } else if (skip_value(&s) < 0) {
-                return -1;
-            }
-            ws(&s);
-            if (s.p >= s.end)
-                return -1;
-            unsigned char c = *s.p++;
-            if (c == '}')
-                break;
-            if (c != ',')
-                return -1;
-            ws(&s);
-        }
+    while (rc == 0) {
+        ptr k;
+        Py_ssize_t kl;
+        if (member(&s, &k, &kl) < 0)
+            return -1;
+        if (IS(k, kl, "op"))
+            rc = seen_op++ ? -1 : op(&s, o);
+        else if (IS(k, kl, "before") && want_before)
+            rc = seen_before++ || part(&s, &o[0], &o[1]) < 0 ? -1 : 0;
+        else if (IS(k, kl, "after") && want_after)
+            rc = seen_after++ || part(&s, &o[2], &o[3]) < 0 ? -1 : 0;
+        else if (IS(k, kl, "source"))
+            rc = seen_source++ ? -1 : source(&s, o, &seen_ts, &seen_tx);
+        else
+            rc = skip_value(&s);
+        if (rc == 0)
+            rc = next_member(&s);
     }
+    if (rc < 0)
+        return rc;
     ws(&s);
     if (s.p != s.end)
         return -1;
