@@ -74,15 +74,25 @@ def read(values: list[bytes], after: dict[str, str], before: dict[str, str]) -> 
     return read_whole(values, after, before)
 
 
+def _read_json(data: bytes, schema: pa.Schema, rows: int, longest: int) -> pa.Table | None:
+    """One JSON object per line -> a table of `schema` (other fields ignored); None when the reader
+    refuses them or the lines are not `rows` documents (e.g. a value that is two, or none)."""
+    try:
+        table = pj.read_json(
+            pa.py_buffer(data),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(_MIN_BLOCK, longest + 1)),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except pa.ArrowException:
+        return None
+    return table if table.num_rows == rows else None
+
+
 def _lines(data: bytes, columns: dict[str, str], valid: pa.Array) -> pa.Array | None:
     """One `before` or `after` object per line ({} where it is null) -> a struct array of `columns`."""
     schema = pa.schema([(c, json_type(t)) for c, t in columns.items()])
-    try:
-        table = pj.read_json(pa.py_buffer(data), read_options=pj.ReadOptions(use_threads=False, block_size=max(_MIN_BLOCK, len(data) + 1)),
-                             parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
-    except pa.ArrowException:
-        return None
-    if table.num_rows != len(valid):
+    table = _read_json(data, schema, len(valid), len(data))
+    if table is None:
         return None
     arrays = [col.combine_chunks() for col in table.columns]
     return pa.StructArray.from_arrays(arrays, fields=list(schema), mask=pc.invert(valid))
@@ -120,16 +130,8 @@ def read_whole(values: list[bytes], after: dict[str, str], before: dict[str, str
     if after:
         fields.append(pa.field("after", pa.struct([(c, json_type(t)) for c, t in after.items()])))
     fields.append(pa.field("source", _SOURCE))
-    longest = max(map(len, values), default=0)
-    try:
-        table = pj.read_json(
-            pa.py_buffer(b"\n".join(values)),
-            read_options=pj.ReadOptions(use_threads=False, block_size=max(_MIN_BLOCK, longest + 1)),
-            parse_options=pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore"),
-        )
-    except pa.ArrowException:
-        return None
-    if table.num_rows != len(values):  # e.g. a value that is two JSON documents, or none
+    table = _read_json(b"\n".join(values), pa.schema(fields), len(values), max(map(len, values), default=0))
+    if table is None:
         return None
     source = table.column("source")
     table = table.drop_columns(["source"])

@@ -141,13 +141,12 @@ class FetchedRecords(Sequence[Record]):
         if not 0 <= i < n:
             raise IndexError("record index out of range")
         k, j = self.locate(i)
-        c = self.chunks[k]
-        return Record(*native.record(c.records, c.starts[j], c.base_offset))
+        return _record(self.chunks[k], j)
 
     def __iter__(self) -> Iterator[Record]:
         for c in self.chunks:
             for j in range(c.lo, c.hi):
-                yield Record(*native.record(c.records, c.starts[j], c.base_offset))
+                yield _record(c, j)
 
     def __add__(self, other: Any) -> Any:
         """Records fetched later, queued behind these (a partition writer's backlog)."""
@@ -157,6 +156,11 @@ class FetchedRecords(Sequence[Record]):
 
     def __radd__(self, other: Any) -> Any:
         return list(other) + list(self)
+
+
+def _record(chunk: Chunk, j: int) -> Record:
+    """Record number `j` of `chunk`'s batch (an index into its `starts`)."""
+    return Record(*native.record(chunk.records, chunk.starts[j], chunk.base_offset))
 
 
 class RawRecords:
