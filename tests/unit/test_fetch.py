@@ -27,15 +27,20 @@ TP = TopicPartition("t", 0)
 ABORT, COMMIT = 0, 1
 
 
+def _rebased(b: DefaultRecordBatchBuilder, base: int) -> bytearray:
+    """The built batch, its base offset set to `base` (the builder starts every batch at 0)."""
+    raw = bytearray(b.build())
+    struct.pack_into(">q", raw, 0, base)
+    return raw
+
+
 def _batch(base: int, n: int, *, producer_id: int = -1, transactional: bool = False, compression: int = 0) -> bytes:
     b = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=int(transactional),
                                   producer_id=producer_id, producer_epoch=0 if producer_id >= 0 else -1,
                                   base_sequence=0 if producer_id >= 0 else -1, batch_size=1 << 20)
     for i in range(n):
         b.append(i, timestamp=None, key=b"k%d" % (base + i), value=b'{"op":"c","n":%d}' % (base + i), headers=HEADERS)
-    raw = bytearray(b.build())
-    struct.pack_into(">q", raw, 0, base)
-    return bytes(raw)
+    return bytes(_rebased(b, base))
 
 
 def _control(base: int, producer_id: int, marker: int) -> bytes:
@@ -44,8 +49,7 @@ def _control(base: int, producer_id: int, marker: int) -> bytes:
     b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=1, producer_id=producer_id, producer_epoch=0,
                                   base_sequence=-1, batch_size=1 << 20)
     b.append(0, timestamp=None, key=struct.pack(">hh", 0, marker), value=struct.pack(">hi", 0, 0), headers=[])
-    raw = bytearray(b.build())
-    struct.pack_into(">q", raw, 0, base)
+    raw = _rebased(b, base)
     struct.pack_into(">h", raw, 21, struct.unpack_from(">h", raw, 21)[0] | 0x20)
     struct.pack_into(">I", raw, 17, calc_crc32c(bytes(raw[21:])))
     return bytes(raw)
@@ -185,9 +189,7 @@ def _mixed_batch(base: int, compression: int = 0) -> bytes:
                                   base_sequence=-1, batch_size=1 << 20)
     for i, (key, value, headers) in enumerate(rows):
         b.append(i, timestamp=None, key=key, value=value, headers=headers)
-    raw = bytearray(b.build())
-    struct.pack_into(">q", raw, 0, base)
-    return bytes(raw)
+    return bytes(_rebased(b, base))
 
 
 def _drive(records, max_rows: int, max_bytes: int, infos: dict) -> list:
