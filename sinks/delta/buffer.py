@@ -156,14 +156,14 @@ class Buffer:
         only move the offset on. A SCHEMA or POISON record is not consumed: resolve its schema and
         call again, or `reject` it.
         """
+        if self.last is None:
+            self.since = now
         if isinstance(records, FetchedRecords):
-            return self._accept_batches(records, start, infos, max_rows, max_bytes, now)
+            return self._accept_batches(records, start, infos, max_rows, max_bytes)
         ev = self.events
         offsets, positions, values, keys, evinfos = ev.offsets, ev.positions, ev.values, ev.keys, ev.infos
         nxt, last_pos, nbytes, last = self.next_offset, self.last_position, self.nbytes, self.last
         open_pair = self.open_pair
-        if last is None:
-            self.since = now
         i, n = start, len(records)
         stop: Stop = Stop.DONE
         arg: Any = None
@@ -229,10 +229,8 @@ class Buffer:
         return i, stop, arg
 
     def _accept_batches(self, records: FetchedRecords, start: int, infos: dict[bytes, SchemaInfo], max_rows: int,
-                        max_bytes: int, now: float) -> tuple[int, Stop, Any]:
+                        max_bytes: int) -> tuple[int, Stop, Any]:
         """`accept` over fetched record batches, a batch at a time in C (`_records.accept`, the same rules)."""
-        if self.last is None:
-            self.since = now
         ev = self.events
         k, j = records.locate(start)
         i = start

@@ -74,6 +74,11 @@ def read(values: list[bytes], after: dict[str, str], before: dict[str, str]) -> 
     return read_whole(values, after, before)
 
 
+def _json_fields(columns: dict[str, str]) -> list[tuple[str, pa.DataType]]:
+    """The fields the JSON reader parses a row image's `columns` (name -> lake type) into."""
+    return [(c, json_type(t)) for c, t in columns.items()]
+
+
 def _read_json(data: bytes, schema: pa.Schema, rows: int, longest: int) -> pa.Table | None:
     """One JSON object per line -> a table of `schema` (other fields ignored); None when the reader
     refuses them or the lines are not `rows` documents (e.g. a value that is two, or none)."""
@@ -90,7 +95,7 @@ def _read_json(data: bytes, schema: pa.Schema, rows: int, longest: int) -> pa.Ta
 
 def _lines(data: bytes, columns: dict[str, str], valid: pa.Array) -> pa.Array | None:
     """One `before` or `after` object per line ({} where it is null) -> a struct array of `columns`."""
-    schema = pa.schema([(c, json_type(t)) for c, t in columns.items()])
+    schema = pa.schema(_json_fields(columns))
     table = _read_json(data, schema, len(valid), len(data))
     if table is None:
         return None
@@ -126,9 +131,9 @@ def read_whole(values: list[bytes], after: dict[str, str], before: dict[str, str
     """`read`, every envelope through the JSON reader (where `_records.split` gives up, or is not built)."""
     fields = [pa.field("op", pa.string())]
     if before:
-        fields.append(pa.field("before", pa.struct([(c, json_type(t)) for c, t in before.items()])))
+        fields.append(pa.field("before", pa.struct(_json_fields(before))))
     if after:
-        fields.append(pa.field("after", pa.struct([(c, json_type(t)) for c, t in after.items()])))
+        fields.append(pa.field("after", pa.struct(_json_fields(after))))
     fields.append(pa.field("source", _SOURCE))
     table = _read_json(b"\n".join(values), pa.schema(fields), len(values), max(map(len, values), default=0))
     if table is None:
